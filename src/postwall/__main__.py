@@ -1,0 +1,5 @@
+import sys
+
+from postwall.cli import main
+
+sys.exit(main())

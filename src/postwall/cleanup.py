@@ -1,0 +1,175 @@
+"""cleanup: turn a received message into a queue file, as Postfix's cleanup(8).
+
+Who calls it: smtpd (and later sendmail) with the envelope and the raw content.
+What it guarantees: the Received header is prepended; Message-ID, Date, From and To
+are added when missing for clients that qualify (always_add_missing_headers, or
+local_header_rewrite_clients' default permit_inet_interfaces: our own addresses);
+the message is committed through the queue store and `submit` returns only once
+the queue file is durable.  On failure it returns a 451 reply and nothing is left
+in the queue: the client keeps the message and retries.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from postwall import logfmt
+from postwall.config.params import Params
+from postwall.log import MailLog
+from postwall.queue.records import Envelope, Recipient
+from postwall.queue.store import QueueStore
+from postwall.smtp.replies import Reply
+
+_MISSING_CHECKED = (b"message-id", b"date", b"from", b"to", b"resent-message-id")
+
+
+@dataclass(slots=True)
+class Submission:
+    """Everything smtpd knows about one accepted transaction."""
+
+    queue_id: str
+    sender: str
+    recipients: list[Recipient]
+    content: bytes  # CRLF lines, dot-unstuffed, ending in CRLF
+    arrival_time: float
+    client_name: str
+    client_addr: str
+    client_port: int
+    helo: str | None
+    protocol: str  # SMTP, ESMTP, ESMTPS, ESMTPA, ESMTPSA
+    ret: str | None = None
+    envid: str | None = None
+    body_type: str | None = None
+    smtputf8: bool = False
+    sasl_method: str | None = None
+    sasl_username: str | None = None
+    # Received-header lines about TLS, from tls.describe (TAB-led, no line end).
+    tls_clauses: list[str] = field(default_factory=list)
+    rewrite_headers: bool = False  # add missing headers for this client
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+class Cleanup:
+    def __init__(
+        self,
+        params: Params,
+        store: QueueStore,
+        log: MailLog,
+        on_commit: Callable[[str], None] = lambda qid: None,
+    ) -> None:
+        self._hostname = params.myhostname
+        self._mail_name = params.mail_name
+        self._always_add = params.always_add_missing_headers
+        self._store = store
+        self._log = log
+        self._on_commit = on_commit
+
+    def new_queue_id(self) -> str:
+        return self._store.new_queue_id()
+
+    def release_queue_id(self, queue_id: str) -> None:
+        self._store.release_queue_id(queue_id)
+
+    async def submit(self, sub: Submission) -> Reply | None:
+        """Queue the message durably; None on success, else the reply for the client."""
+        headers = self._added_headers(sub)
+        content = b"".join(headers) + sub.content
+        envelope = Envelope(
+            queue_id=sub.queue_id,
+            sender=sub.sender,
+            recipients=sub.recipients,
+            ret=sub.ret,
+            envid=sub.envid,
+            arrival_time=sub.arrival_time,
+            client_name=sub.client_name,
+            client_addr=sub.client_addr,
+            client_port=sub.client_port,
+            helo=sub.helo or "",
+            protocol=sub.protocol,
+            sasl_username=sub.sasl_username or "",
+            body_type=sub.body_type or "",
+            smtputf8=sub.smtputf8,
+            size=len(content),
+        )
+        message_id = _header_value(content, b"message-id")
+        self._log.info("cleanup", logfmt.cleanup_message_id(sub.queue_id, message_id))
+        try:
+            await self._store.commit(envelope, content)
+        except (OSError, ValueError) as exc:
+            self._log.warning("cleanup", f"{sub.queue_id}: queue file write error: {exc}")
+            return Reply(451, "4.3.0", "Error: queue file write error")
+        self._on_commit(sub.queue_id)
+        return None
+
+    # -- headers -------------------------------------------------------------
+
+    def _added_headers(self, sub: Submission) -> list[bytes]:
+        now = time.time()
+        added = [self._received(sub, now)]
+        if sub.rewrite_headers or self._always_add:
+            present = _present_headers(sub.content)
+            if b"message-id" not in present:
+                stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(now))
+                added.append(f"Message-Id: <{stamp}.{sub.queue_id}@{self._hostname}>\r\n".encode())
+            if b"date" not in present:
+                added.append(f"Date: {_rfc5322_date(now)}\r\n".encode())
+            if b"from" not in present:
+                added.append(f"From: {sub.sender or 'MAILER-DAEMON'}\r\n".encode())
+            if b"to" not in present:
+                added.append(b"To: undisclosed-recipients:;\r\n")
+        return added
+
+    def _received(self, sub: Submission, now: float) -> bytes:
+        addr = f"IPv6:{sub.client_addr}" if ":" in sub.client_addr else sub.client_addr
+        lines = [f"Received: from {sub.helo or sub.client_name} ({sub.client_name} [{addr}])"]
+        lines.extend(sub.tls_clauses)
+        lines.append(
+            f"\tby {self._hostname} ({self._mail_name}) with {sub.protocol} id {sub.queue_id}"
+        )
+        stamp = _rfc5322_date(now)
+        if len(sub.recipients) == 1:
+            lines.append(f"\tfor <{sub.recipients[0].address}>; {stamp}")
+        else:
+            lines[-1] += ";"
+            lines.append(f"\t{stamp}")
+        return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")
+
+
+def _header_block(content: bytes) -> bytes:
+    end = content.find(b"\r\n\r\n")
+    return content if end < 0 else content[: end + 2]
+
+
+def _present_headers(content: bytes) -> set[bytes]:
+    names = set()
+    for line in _header_block(content).split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") or b":" not in line:
+            continue
+        names.add(line.split(b":", 1)[0].strip().lower())
+    return names & set(_MISSING_CHECKED)
+
+
+def _header_value(content: bytes, name: bytes) -> str | None:
+    value: list[bytes] | None = None
+    for line in _header_block(content).split(b"\r\n"):
+        if value is not None:
+            if line[:1] in (b" ", b"\t"):
+                value.append(line.strip())
+                continue
+            break
+        head, sep, rest = line.partition(b":")
+        if sep and head.strip().lower() == name:
+            value = [rest.strip()]
+    if value is None:
+        return None
+    return b" ".join(value).decode("utf-8", "replace")
+
+
+def _rfc5322_date(now: float) -> str:
+    # Postfix writes e.g. "Sat, 28 Nov 2026 09:16:38 +0000 (UTC)".
+    local = time.localtime(now)
+    zone = local.tm_zone or "UTC"
+    return f"{email.utils.formatdate(now, localtime=True)} ({zone})"

@@ -1,0 +1,91 @@
+"""The `postwall` command: the server and the tools an administrator's hands know.
+
+Each sub-command exits 0 on success and non-zero with one `postwall: ...` line on
+bad input; `--help` explains it.  Options are spelled as in Postfix where Postfix
+has them (`-c DIR` selects the configuration directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from postwall import __version__, embedded
+
+
+def _config_dir(arg: str | None) -> tuple[Path, embedded.Layout]:
+    if arg:
+        path = Path(arg).resolve()
+        return path, embedded.layout_for(path)
+    layout = embedded.default_layout()
+    return layout.config_dir, layout
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    from postwall.master import run_foreground
+
+    config_dir, layout = _config_dir(args.config_dir)
+    if not (config_dir / "main.cf").exists():
+        created = embedded.initialise(layout)
+        _print_welcome(layout, created)
+    return run_foreground(config_dir)
+
+
+def _print_welcome(layout: embedded.Layout, created: list[str]) -> None:
+    out = sys.stderr
+    print(f"postwall {__version__}: created an embedded default configuration", file=out)
+    for path in created:
+        print(f"  {path}", file=out)
+    print(f"  configuration: {layout.config_dir}", file=out)
+    print(f"  data (queue, Maildirs, log): {layout.data_dir}", file=out)
+    print(f"  Maildirs: {layout.maildir_root}/<user>/", file=out)
+    print(f"  mail log: {layout.maillog}", file=out)
+    print("  listening: 127.0.0.1:2525 (STARTTLS), 127.0.0.1:2465 (implicit TLS)", file=out)
+    user = _user()
+    print(
+        f"Try it: swaks --server 127.0.0.1:2525 --tls --to {user}@localhost "
+        f"--tls-cert {layout.certs_dir}/client.pem --tls-key {layout.certs_dir}/client.key",
+        file=out,
+    )
+
+
+def _user() -> str:
+    import getpass
+
+    return getpass.getuser()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="postwall",
+        description="A Postfix-compatible mail transfer agent for SMTP over TLS.",
+    )
+    parser.add_argument("--version", action="version", version=f"postwall {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    start = sub.add_parser(
+        "start",
+        help="run the server in the foreground",
+        description=(
+            "Run the server in the foreground. Without a main.cf in the configuration "
+            "directory, an embedded default is created first: a local CA and certificates, "
+            "listening on 127.0.0.1:2525, Maildirs under the data directory."
+        ),
+    )
+    start.add_argument("-c", dest="config_dir", metavar="DIR", help="configuration directory")
+    start.set_defaults(func=cmd_start)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

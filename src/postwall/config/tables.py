@@ -1,0 +1,192 @@
+"""Lookup tables named `type:name`, as in Postfix's dict layer.
+
+Contract: `open_table(ref, base)` reads what the table needs once, at open time, and
+raises `TableError` (missing file, bad inline syntax) or `NotSupportedError` (a type
+postwall does not implement, e.g. regexp:, pcre:, ldap:). `Table.lookup(key)` never
+raises: it returns the value or None. Indexed types (hash:, btree:, lmdb:, cdb:, dbm:)
+read the *source* text file the database would be built from, so `hash:/etc/aliases`
+reads /etc/aliases; `aliases=True` selects the aliases(5) `name: value` format that
+postalias uses instead of postmap's `key value`. Keys are case-insensitive for file,
+inline and static tables (Postfix folds them to lower case). `proxy:` is stripped.
+`unix:passwd.byname` looks users up with pwd.getpwnam(). `nis:` tables find nothing,
+as Postfix's do on a host without a NIS domain. Callers: local delivery (aliases),
+smtpd (recipient checks), the queue manager (transport_maps).
+"""
+
+from __future__ import annotations
+
+import pwd
+from collections.abc import Iterable
+from pathlib import Path
+
+from .maincf import logical_lines
+from .params import split_list
+
+_FILE_TYPES = ("hash", "btree", "lmdb", "cdb", "dbm", "sdbm", "texthash")
+
+
+class TableError(ValueError):
+    pass
+
+
+class NotSupportedError(TableError):
+    pass
+
+
+class Table:
+    """Base lookup table; `ref` is the name it was opened with."""
+
+    def __init__(self, ref: str) -> None:
+        self.ref = ref
+        self.warnings: list[str] = []
+
+    def lookup(self, key: str) -> str | None:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.ref}>"
+
+
+class DictTable(Table):
+    """Entries held in memory; keys folded to lower case."""
+
+    def __init__(self, ref: str, entries: dict[str, str]) -> None:
+        super().__init__(ref)
+        self.entries = entries
+
+    def lookup(self, key: str) -> str | None:
+        return self.entries.get(key.lower())
+
+
+class StaticTable(Table):
+    def __init__(self, ref: str, value: str) -> None:
+        super().__init__(ref)
+        self.value = value
+
+    def lookup(self, key: str) -> str | None:
+        return self.value
+
+
+class PasswdTable(Table):
+    """unix:passwd.byname: the passwd(5) line of a user, as Postfix's dict_unix."""
+
+    def lookup(self, key: str) -> str | None:
+        try:
+            pw = pwd.getpwnam(key)
+        except (KeyError, ValueError):
+            return None
+        fields = (pw.pw_name, pw.pw_passwd, pw.pw_uid, pw.pw_gid, pw.pw_gecos, pw.pw_dir)
+        return ":".join([*map(str, fields), pw.pw_shell])
+
+
+class EmptyTable(Table):
+    def lookup(self, key: str) -> str | None:
+        return None
+
+
+def _add(table: DictTable, key: str, value: str, where: str) -> None:
+    k = key.lower()
+    if k in table.entries:
+        # postmap/postalias keep the first entry and warn about later ones.
+        table.warnings.append(f"{where}: duplicate entry: {key}")
+        return
+    table.entries[k] = value
+
+
+def parse_source(text: str, ref: str, filename: str, *, aliases: bool = False) -> DictTable:
+    """A postmap(1) (`key value`) or postalias(1) (`name: value`) source file."""
+    table = DictTable(ref, {})
+    for num, line in logical_lines(text):
+        where = f"{filename}:{num}"
+        body = line.strip()
+        if aliases:
+            if body.startswith('"') and body.find('"', 1) > 0:
+                end = body.find('"', 1)
+                key, rest = body[1:end], body[end + 1 :].lstrip()
+                sep = ":" if rest.startswith(":") else ""
+                value = rest[1:]
+            else:
+                key, sep, value = body.partition(":")
+            key = key.strip()
+            if not sep or not key:
+                table.warnings.append(f"{where}: need name:value pair")
+                continue
+            _add(table, key, " ".join(value.split()), where)
+        else:
+            parts = body.split(None, 1)
+            if len(parts) < 2:
+                table.warnings.append(f'{where}: expected format: key whitespace value: "{body}"')
+                continue
+            _add(table, parts[0], parts[1].strip(), where)
+    return table
+
+
+def _braced(text: str) -> str | None:
+    t = text.strip()
+    if t.startswith("{") and t.endswith("}"):
+        return t[1:-1].strip()
+    return None
+
+
+def _inline(ref: str, name: str) -> DictTable:
+    body = _braced(name)
+    if body is None:
+        raise TableError(f'{ref}: inline table must be enclosed in {{ }}: "{name}"')
+    table = DictTable(ref, {})
+    for item in split_list(body):
+        inner = _braced(item)
+        key, eq, value = (inner if inner is not None else item).partition("=")
+        if not eq or not key.strip():
+            raise TableError(f'{ref}: need "name=value" instead of "{item}"')
+        _add(table, key.strip(), value.strip(), ref)
+    return table
+
+
+def open_table(ref: str, base: Path | None = None, *, aliases: bool = False) -> Table:
+    """Open `type:name`; relative file names resolve against `base` when given."""
+    spec = ref.strip()
+    while spec.startswith("proxy:"):
+        spec = spec[len("proxy:") :]
+    kind, colon, name = spec.partition(":")
+    if not colon or not kind:
+        raise TableError(f'table "{ref}" must be of the form type:name')
+    kind = kind.lower()
+    if kind in _FILE_TYPES:
+        path = Path(name)
+        if base is not None and not path.is_absolute():
+            path = base / path
+        try:
+            text = path.read_text(encoding="utf-8", errors="surrogateescape")
+        except OSError as err:
+            raise TableError(f"{ref}: open {path}: {err.strerror}") from None
+        return parse_source(text, ref, str(path), aliases=aliases)
+    if kind == "inline":
+        return _inline(ref, name)
+    if kind == "static":
+        inner = _braced(name)
+        return StaticTable(ref, inner if inner is not None else name)
+    if kind == "unix":
+        if name != "passwd.byname":
+            raise NotSupportedError(f"{ref}: unix table not supported: {name}")
+        return PasswdTable(ref)
+    if kind == "nis":
+        return EmptyTable(ref)
+    raise NotSupportedError(f'{ref}: table type "{kind}" is not supported by postwall yet')
+
+
+def open_maps(
+    items: Iterable[str] | str, base: Path | None = None, *, aliases: bool = False
+) -> list[Table]:
+    """Open a maps list (a parameter value or its split items), in order."""
+    if isinstance(items, str):
+        items = split_list(items)
+    return [open_table(i, base, aliases=aliases) for i in items]
+
+
+def lookup_maps(tables: Iterable[Table], key: str) -> str | None:
+    """First answer from a list of tables, as Postfix's maps_find()."""
+    for table in tables:
+        value = table.lookup(key)
+        if value is not None:
+            return value
+    return None

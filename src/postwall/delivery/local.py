@@ -1,0 +1,294 @@
+"""Local delivery into Maildir (https://cr.yp.to/proto/maildir.html).
+
+Contract of `deliver`: the message appears in `<maildir>/new/` complete or not
+at all. It is written to `tmp/` under a name unique to this process and
+delivery, fsync'ed, hard-linked into `new/` under
+`<sec>.V<dev>I<inode>M<usec>.<host>` (the inode name Postfix uses), `new/` is
+fsync'ed, and the `tmp/` name is removed. Missing `tmp/`, `new/`, `cur/` are
+created mode 0700. Prepended, as Postfix's local(8) does: `Return-Path:
+<sender>`, `X-Original-To: <original recipient>`, `Delivered-To: <recipient>`.
+Content lines are stored LF-terminated (CRLF -> LF) and the file ends with a
+newline.
+
+`deliver` never raises for a delivery failure; it returns a `DeliveryResult`
+with Postfix's mapping (local/maildir.c, global/mbox_open.c mbox_dsn):
+EAGAIN/ESTALE 4.2.0 and ENOSPC 4.3.0 defer; EDQUOT/EFBIG 5.2.2 and anything
+else 5.2.0 (5.3.0 for write errors) bounce, with text `maildir delivery
+failed: ...`. Success is `sent 2.0.0 delivered to maildir`; an unknown user is
+`bounced 5.1.1 unknown user: "name"` (local/unknown.c).
+
+`deliver_local` maps a recipient to a maildir like Postfix: the local part is
+unquoted, lowercased and stripped of a `recipient_delimiter` extension;
+`home_mailbox` ending in `/` means `~user/<home_mailbox>`, else
+`mail_spool_directory` ending in `/` means `<spool>/<user>/`. Mailbox (mbox)
+file delivery raises `LocalDeliveryNotSupported`; aliases(5) and .forward are
+not consulted. Running as root, the delivery is done by a forked child that
+switched to the user's uid/gid (Postfix uses set_eugid; a threaded process
+cannot), so files and quota belong to the user; otherwise we deliver as
+ourselves.
+
+Blocking (file I/O, fsync, maybe fork): the queue manager runs it in a thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import os
+import pwd
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from postwall import fsutil
+from postwall.delivery import DeliveryResult
+
+__all__ = [
+    "LocalDeliveryNotSupported",
+    "Mailbox",
+    "MessageSource",
+    "deliver",
+    "deliver_local",
+    "resolve_mailbox",
+]
+
+SENT = DeliveryResult("sent", "2.0.0", "delivered to maildir")
+
+# next() on itertools.count is atomic under the GIL; no lock, so a fork() while
+# another thread delivers cannot inherit a held lock.
+_counter = itertools.count()
+
+
+class LocalDeliveryNotSupported(Exception):
+    """A local delivery method postwall does not implement (mbox files, ...)."""
+
+
+class _Envelope(Protocol):
+    sender: str
+
+
+class MessageSource(Protocol):
+    """What delivery needs from a queued message (queue.store.QueuedMessage fits)."""
+
+    @property
+    def envelope(self) -> _Envelope: ...
+
+    def iter_content(self, chunk_size: int = ...) -> Iterator[bytes]: ...
+
+
+@dataclass(frozen=True)
+class Mailbox:
+    """Where and as whom to deliver."""
+
+    user: str
+    maildir: Path
+    uid: int
+    gid: int
+
+
+def _hostname() -> str:
+    # Maildir spec: replace "/" and ":" so the name stays one path component.
+    return socket.gethostname().replace("/", "\\057").replace(":", "\\072")
+
+
+def _mbox_dsn(err: int, default: str) -> str:
+    if err in (errno.EAGAIN, errno.ESTALE):
+        return "4.2.0"
+    if err == errno.ENOSPC:
+        return "4.3.0"
+    if err in (errno.EDQUOT, errno.EFBIG):
+        return "5.2.2"
+    return default
+
+
+def _failed(exc: OSError, default_dsn: str, what: str) -> DeliveryResult:
+    dsn = _mbox_dsn(exc.errno or 0, default_dsn)
+    text = f"maildir delivery failed: {what}: {exc.strerror or exc}"
+    return DeliveryResult("deferred" if dsn.startswith("4") else "bounced", dsn, text)
+
+
+def _lf_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """CRLF -> LF across chunk boundaries; guarantees a final newline."""
+    carry = b""
+    last = b"\n"
+    for chunk in chunks:
+        data = carry + chunk
+        carry = b""
+        if data.endswith(b"\r"):
+            data, carry = data[:-1], b"\r"
+        data = data.replace(b"\r\n", b"\n")
+        if data:
+            last = data[-1:]
+            yield data
+    if carry:
+        yield carry
+        last = carry
+    if last != b"\n":
+        yield b"\n"
+
+
+def deliver(
+    message: MessageSource,
+    recipient: str,
+    *,
+    maildir: Path,
+    delivered_to: str | None = None,
+    original: str = "",
+) -> DeliveryResult:
+    """Deliver one copy into `maildir` (with trailing-slash semantics: a directory)."""
+    maildir = Path(maildir)
+    tmpdir, newdir = maildir / "tmp", maildir / "new"
+    now = time.time()
+    sec, usec = int(now), int((now - int(now)) * 1_000_000)
+    host = _hostname()
+    count = next(_counter)
+    tmpfile = tmpdir / f"{sec}.P{os.getpid()}Q{count}.{host}"
+    try:
+        for d in (maildir, tmpdir, newdir, maildir / "cur"):
+            fsutil.ensure_dir(d, 0o700)
+        fd = fsutil.create_exclusive(tmpfile, 0o600)
+    except OSError as exc:
+        return _failed(exc, "5.2.0", f"create maildir file {tmpfile}")
+    sender = message.envelope.sender
+    head = f"Return-Path: <{sender}>\n"
+    if original or recipient:
+        head += f"X-Original-To: {original or recipient}\n"
+    head += f"Delivered-To: {delivered_to or recipient}\n"
+    try:
+        try:
+            fsutil.write_all(fd, head.encode("utf-8", "surrogateescape"))
+            for piece in _lf_lines(message.iter_content()):
+                fsutil.write_all(fd, piece)
+            os.fsync(fd)
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        _unlink_quietly(tmpfile)
+        return _failed(exc, "5.3.0", "error writing message")
+    newfile = newdir / f"{sec}.V{st.st_dev:x}I{st.st_ino:x}M{usec}.{host}"
+    try:
+        os.link(tmpfile, newfile)
+        fsutil.fsync_dir(newdir)
+    except OSError as exc:
+        _unlink_quietly(tmpfile)
+        return _failed(exc, "5.2.0", f"create maildir file {newfile}")
+    _unlink_quietly(tmpfile)
+    return SENT
+
+
+def _unlink_quietly(path: Path) -> None:
+    # A stale tmp/ file is harmless: Maildir readers ignore tmp/.
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def _unquote_local(local: str) -> str:
+    """RFC 5321 quoted local part to Postfix's internal form: `"bob"` -> `bob`."""
+    if len(local) < 2 or not (local.startswith('"') and local.endswith('"')):
+        return local
+    out, escaped = [], False
+    for ch in local[1:-1]:
+        if escaped or ch != "\\":
+            out.append(ch)
+            escaped = False
+        else:
+            escaped = True
+    return "".join(out)
+
+
+def resolve_mailbox(
+    address: str,
+    *,
+    home_mailbox: str,
+    mail_spool_directory: str,
+    recipient_delimiter: str = "",
+) -> Mailbox | DeliveryResult:
+    """Map a local recipient to its maildir, or the bounce for an unknown user."""
+    local = address.rpartition("@")[0] if "@" in address else address
+    local = _unquote_local(local).lower()
+    user = local
+    if recipient_delimiter:
+        # Postfix 2.11+: any one of the delimiter characters starts the extension.
+        cut = min((i for i, c in enumerate(local) if c in recipient_delimiter), default=-1)
+        if cut > 0:
+            user = local[:cut]
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        return DeliveryResult("bounced", "5.1.1", f'unknown user: "{user}"')
+    if home_mailbox:
+        if not home_mailbox.endswith("/"):
+            raise LocalDeliveryNotSupported(
+                f"home_mailbox = {home_mailbox}: mbox file delivery is not supported, "
+                "only Maildir (a value ending in /)"
+            )
+        return Mailbox(user, Path(pw.pw_dir) / home_mailbox, pw.pw_uid, pw.pw_gid)
+    if not mail_spool_directory.endswith("/"):
+        raise LocalDeliveryNotSupported(
+            f"mail_spool_directory = {mail_spool_directory}: mbox spool delivery is not "
+            "supported, only Maildir (a value ending in /)"
+        )
+    return Mailbox(user, Path(mail_spool_directory) / user, pw.pw_uid, pw.pw_gid)
+
+
+def deliver_local(
+    message: MessageSource,
+    recipient: str,
+    *,
+    home_mailbox: str,
+    mail_spool_directory: str,
+    recipient_delimiter: str = "",
+    original: str = "",
+) -> DeliveryResult:
+    """Resolve `recipient` and deliver it, as the user when we are root."""
+    target = resolve_mailbox(
+        recipient,
+        home_mailbox=home_mailbox,
+        mail_spool_directory=mail_spool_directory,
+        recipient_delimiter=recipient_delimiter,
+    )
+    if isinstance(target, DeliveryResult):
+        return target
+    if os.geteuid() != 0 or target.uid == 0:
+        return deliver(message, recipient, maildir=target.maildir, original=original)
+    return _deliver_as(target, message, recipient, original)
+
+
+def _deliver_as(
+    target: Mailbox, message: MessageSource, recipient: str, original: str
+) -> DeliveryResult:
+    """Fork, drop to the user's ids, deliver, report the result through a pipe."""
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: only os-level work, then _exit without cleanup handlers
+        code = 1
+        try:
+            os.close(rfd)
+            os.setgroups([target.gid])
+            os.setgid(target.gid)
+            os.setuid(target.uid)
+            os.umask(0o077)
+            r = deliver(message, recipient, maildir=target.maildir, original=original)
+            fsutil.write_all(wfd, f"{r.status}\0{r.dsn}\0{r.text}".encode("utf-8", "replace"))
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(wfd)
+    chunks = []
+    try:
+        while chunk := os.read(rfd, 65536):
+            chunks.append(chunk)
+    finally:
+        os.close(rfd)
+        os.waitpid(pid, 0)
+    parts = b"".join(chunks).decode("utf-8", "replace").split("\0")
+    if len(parts) != 3 or parts[0] not in ("sent", "deferred", "bounced"):
+        return DeliveryResult(
+            "deferred", "4.3.0", f"maildir delivery failed: delivery process for {target.user} died"
+        )
+    return DeliveryResult(parts[0], parts[1], parts[2])  # type: ignore[arg-type]

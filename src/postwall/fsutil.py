@@ -1,0 +1,108 @@
+"""Small file-system primitives with stated durability guarantees.
+
+Contract:
+- `create_exclusive(path, mode)` creates a new file with `mode` applied by
+  `open(2)` itself (O_CREAT|O_EXCL|O_NOFOLLOW), so there is no window in which
+  the file exists with looser permissions; it fails with FileExistsError
+  rather than reuse or follow anything already at `path`.
+- `fsync_dir(path)` makes the directory's entries (creations, renames, unlinks)
+  durable. On Linux a new file is only durable once both the file and its
+  directory are fsync'ed (fsync(2), "Calling fsync() does not necessarily
+  ensure that the entry in the directory containing the file has also reached
+  disk").
+- `atomic_write(path, data, mode)`: after it returns, `path` holds exactly
+  `data` and survives a crash; a crash before it returns leaves either the old
+  file or nothing, never a partial file at `path`. A leftover temp file (name
+  starting with `.tmp.`) may remain in the same directory after a crash.
+- `ensure_dir(path, mode)` creates a directory (and parents) with `mode` and
+  fsyncs the parent (skipped only when the parent is not readable by us).
+
+Every failure is raised as the OSError the system call gave; nothing is
+swallowed except cleanup errors of a temp file that is already being
+abandoned. Callers: queue/ (queue files), delivery/local.py (maildirs), and any
+module that must persist a small state file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from pathlib import Path
+
+__all__ = [
+    "atomic_write",
+    "create_exclusive",
+    "ensure_dir",
+    "fsync_dir",
+    "write_all",
+]
+
+
+def create_exclusive(path: str | os.PathLike[str], mode: int = 0o600) -> int:
+    """Create `path` (must not exist) with `mode`; return an O_WRONLY descriptor."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    # open(2) masks `mode` with the umask, which can only narrow it: no chmod needed.
+    return os.open(path, flags, mode)
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """Write every byte of `data` to `fd` (os.write may write less than asked)."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """fsync a directory so that entries created/renamed/removed in it are durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def ensure_dir(path: str | os.PathLike[str], mode: int = 0o700) -> Path:
+    """Create `path` and missing parents with `mode`; an existing directory is kept as is."""
+    p = Path(path)
+    try:
+        os.mkdir(p, mode)
+    except FileExistsError:
+        if not p.is_dir():
+            raise
+        return p
+    except FileNotFoundError:
+        ensure_dir(p.parent, mode)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(p, mode)
+    # The new entry must survive a crash too, or files created inside it are lost.
+    # A parent we may search but not read (mode 0711) cannot be opened for
+    # fsync; the mkdir itself succeeded, so go on as best effort.
+    with contextlib.suppress(PermissionError):
+        fsync_dir(p.parent)
+    return p
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -> None:
+    """Durably replace `path` with `data`: temp file, write, fsync, rename, fsync dir."""
+    target = Path(path)
+    directory = target.parent
+    tmp = directory / f".tmp.{target.name}.{os.getpid()}.{secrets.token_hex(6)}"
+    fd = create_exclusive(tmp, mode)
+    try:
+        write_all(fd, data)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    os.close(fd)
+    try:
+        os.rename(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(directory)

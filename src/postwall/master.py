@@ -1,0 +1,273 @@
+"""master: start, reload and stop a postwall server, as Postfix's master(8).
+
+Who calls it: `postwall start` (cli).  One process runs every service on one
+asyncio loop: the smtpd listeners named in master.cf, cleanup, the queue manager
+and the delivery agents.  Blocking disk work (fsync, Maildir writes) runs in
+threads, so a slow disk never stalls the sessions.
+
+Guarantees: configuration errors are reported all at once, before anything
+listens; SIGHUP re-reads main.cf, master.cf and the certificates and applies them
+to new sessions without dropping open ones (a bad new configuration is logged and
+the old one stays in force); SIGTERM/SIGINT stop accepting, let the sessions and
+deliveries in progress finish for a few seconds, then exit.  Whatever was answered
+250 is already on disk, so even SIGKILL loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from postwall import __version__, logfmt
+from postwall.cleanup import Cleanup
+from postwall.config import Config, ConfigError, Service, load
+from postwall.config.network import Networks
+from postwall.config.params import Params
+from postwall.delivery import DeliveryResult, discard
+from postwall.delivery.local import LocalDeliveryNotSupported, deliver_local
+from postwall.log import MailLog
+from postwall.qmgr import AgentFn, AgentResult, QueueManager
+from postwall.queue.store import QueuedMessage, QueueStore
+from postwall.resolve import AddressResolver, Destination
+from postwall.smtpd.restrictions import NotSupported, Restrictions
+from postwall.smtpd.session import SmtpdService, SmtpSession, core_settings
+from postwall.tls.policy import ServerTLS, TLSConfigError
+
+PID_FILE = "master.pid"
+
+
+class StartupError(Exception):
+    """Everything that keeps the server from starting, one problem per line."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass
+class _Listener:
+    service: Service
+    server: asyncio.Server
+    current: SmtpdService
+
+
+@dataclass
+class Runtime:
+    """The objects built from one configuration; rebuilt on reload."""
+
+    config: Config
+    smtpd: dict[str, SmtpdService] = field(default_factory=dict)
+
+
+def build_smtpd_services(config: Config, log: MailLog, cleanup: Cleanup) -> dict[str, SmtpdService]:
+    """One SmtpdService per master.cf `inet ... smtpd` line; every problem reported."""
+    services: dict[str, SmtpdService] = {}
+    problems: list[str] = []
+    for svc in config.services:
+        if svc.type != "inet" or svc.command != "smtpd":
+            continue
+        params = svc.params
+        where = f"{svc.filename}:{svc.line}"
+        try:
+            tls = _server_tls(params)
+            resolver = AddressResolver.from_params(params)
+            networks = Networks(params.mynetworks)
+            restrictions = Restrictions(params, resolver, networks)
+        except (TLSConfigError, NotSupported, ValueError, OSError) as exc:
+            problems.append(f"{where}: service {svc.name}: {exc}")
+            continue
+        services[svc.name] = SmtpdService(
+            name=svc.name,
+            params=params,
+            log=log,
+            cleanup=cleanup,
+            restrictions=restrictions,
+            resolver=resolver,
+            networks=networks,
+            tls=tls,
+            settings=core_settings(params, tls),
+            sessions=set(),
+        )
+    if problems:
+        raise StartupError(problems)
+    return services
+
+
+def _server_tls(params: Params) -> ServerTLS | None:
+    tls = ServerTLS.from_params(params)
+    if not tls.offered and not tls.wrappermode:
+        return None
+    return tls
+
+
+def local_agent(params: Params) -> AgentFn:
+    async def deliver(msg: QueuedMessage, index: int, dest: Destination) -> AgentResult:
+        rcpt = msg.envelope.recipients[index]
+        started = time.time()
+        try:
+            result = await asyncio.to_thread(
+                deliver_local,
+                msg,
+                rcpt.address,
+                home_mailbox=params.home_mailbox,
+                mail_spool_directory=params.mail_spool_directory,
+                recipient_delimiter=params.recipient_delimiter,
+                original=rcpt.original,
+            )
+        except LocalDeliveryNotSupported as exc:
+            result = DeliveryResult("deferred", "4.3.0", str(exc))
+        return AgentResult(result, relay="local", xfer_time=time.time() - started)
+
+    return deliver
+
+
+async def discard_agent(msg: QueuedMessage, index: int, dest: Destination) -> AgentResult:
+    return AgentResult(discard.deliver(dest.nexthop), relay="none")
+
+
+class Master:
+    def __init__(self, config_dir: Path, *, stderr_log: bool = True) -> None:
+        self.config_dir = config_dir
+        self.stderr_log = stderr_log
+        self.listeners: dict[str, _Listener] = {}
+        self.stop_event = asyncio.Event()
+        self.ready = asyncio.Event()
+
+    # -- start-up ------------------------------------------------------------
+
+    def load(self) -> Config:
+        try:
+            return load(self.config_dir)
+        except ConfigError as exc:
+            raise StartupError(list(exc.problems)) from None
+
+    async def run(self) -> None:
+        config = self.load()
+        params = config.params
+        try:
+            self.log = MailLog.from_params(params, stderr=self.stderr_log)
+        except OSError as exc:
+            raise StartupError([f"maillog_file = {params.maillog_file}: {exc}"]) from None
+        for warning in config.warnings:
+            self.log.warning("postwall", warning)
+        self.store = QueueStore(Path(params.queue_directory))
+        resolver = AddressResolver.from_params(params)
+        self.qmgr = QueueManager(
+            params,
+            self.store,
+            self.log,
+            resolver,
+            agents={"local": local_agent(params), "discard": discard_agent},
+        )
+        self.cleanup = Cleanup(params, self.store, self.log, on_commit=self.qmgr.wake)
+        services = build_smtpd_services(config, self.log, self.cleanup)
+        if not services:
+            raise StartupError([f"{self.config_dir}/master.cf: no smtpd inet service to run"])
+        await self._listen(config, services)
+        self._write_pid(params)
+        self.log.info("master", logfmt.master_started(__version__, str(self.config_dir)))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop_event.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        qmgr_task = loop.create_task(self.qmgr.run())
+        self.ready.set()
+        await self.stop_event.wait()
+        self.log.info("master", logfmt.master_terminating(signal.SIGTERM))
+        await self._shutdown(qmgr_task)
+
+    async def _listen(self, config: Config, services: dict[str, SmtpdService]) -> None:
+        loop = asyncio.get_running_loop()
+        problems = []
+        for svc in config.services:
+            if svc.name not in services:
+                continue
+            host, port = svc.listen
+            try:
+                listener = _Listener(svc, None, services[svc.name])  # type: ignore[arg-type]
+                listener.server = await loop.create_server(
+                    lambda lst=listener: SmtpSession(lst.current),
+                    host=host or None,
+                    port=port,
+                    reuse_address=True,
+                    backlog=config.params.smtpd_listen_backlog,
+                )
+            except OSError as exc:
+                problems.append(f"{svc.filename}:{svc.line}: {svc.name}: cannot listen: {exc}")
+                continue
+            self.listeners[svc.name] = listener
+        if problems:
+            for lst in self.listeners.values():
+                lst.server.close()
+            raise StartupError(problems)
+
+    def _write_pid(self, params: Params) -> None:
+        data_dir = Path(params.data_directory)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        (data_dir / PID_FILE).write_text(f"{os.getpid()}\n")
+
+    # -- reload and stop -------------------------------------------------------
+
+    async def reload(self) -> None:
+        try:
+            config = self.load()
+            services = build_smtpd_services(config, self.log, self.cleanup)
+        except StartupError as exc:
+            for problem in exc.problems:
+                self.log.warning(
+                    "master", f"reload failed, keeping the old configuration: {problem}"
+                )
+            return
+        self.log.reopen()
+        for name, listener in self.listeners.items():
+            if name in services:
+                # New sessions get the new settings; open sessions keep theirs.
+                listener.current = services[name]
+        self.log.info("master", logfmt.master_reload(__version__, str(self.config_dir)))
+
+    async def _shutdown(self, qmgr_task: asyncio.Task[None]) -> None:
+        for listener in self.listeners.values():
+            listener.server.close()
+        sessions = {s for lst in self.listeners.values() for s in lst.current.sessions}
+        deadline = time.monotonic() + 5
+        while sessions and time.monotonic() < deadline:
+            sessions = {s for s in sessions if not s.closed}
+            await asyncio.sleep(0.05)
+        for session in sessions:
+            session.abort()
+        await self.qmgr.stop()
+        qmgr_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await qmgr_task
+        self.store.close()
+
+
+def run_foreground(config_dir: Path) -> int:
+    """Run until stopped; the exit status of `postwall start`."""
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # uvloop is optional: it only makes the loop faster
+        runner = asyncio.run
+    master = Master(config_dir)
+    try:
+        runner(master.run())
+    except StartupError as exc:
+        for problem in exc.problems:
+            print(f"postwall: fatal: {problem}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def hostname() -> str:
+    return socket.getfqdn() or "localhost"

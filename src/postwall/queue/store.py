@@ -1,0 +1,648 @@
+"""The durable mail queue: one file per message, moved between state directories.
+
+Layout under the queue directory (all created mode 0700): `incoming/`,
+`active/`, `deferred/`, `hold/`, `corrupt/` hold complete queue files named by
+their queue id; `tmp/` holds files being written. A file appears in a state
+directory only by link/rename of a complete, fsync'ed file, so a crash never
+leaves a partial file in a state directory; leftovers in `tmp/` belonging to
+dead processes are removed when a store is opened, and unused spares when it
+is closed.
+
+Guarantees:
+- `commit` returns the queue id only after the file's data and its directory
+  entry in `incoming/` are on disk (file fsync, link, directory fsync). On
+  failure it raises OSError/ValueError and leaves nothing in `incoming/`.
+  Concurrent commits are grouped: a writer thread takes every commit pending,
+  writes and fsyncs the files in parallel on a small pool (so the file system
+  journal merges them), links them all, then fsyncs `incoming/` once for the
+  whole batch. Cancelling the awaiting task does not stop a commit under way.
+- `reserve`/`new_queue_id` allocate the queue id early (Postfix logs it at the
+  first RCPT and puts it in the Received header, before the content exists);
+  `release_queue_id` gives it back (ids never released nor committed are
+  dropped after `reservation_ttl`, a day by default). Creating a file is the slow step on ext4
+  (a few hundred microseconds here), so background threads keep up to
+  `spare_ids` empty temp files ready and `new_queue_id` is cheap enough to call
+  on the event loop when a spare is available.
+- `mark_recipients` and `set_warn_time` rewrite fixed-width bytes in place and
+  fsync, so a recipient is never lost: after a crash it is pending or done.
+- `move`, `remove`, `quarantine` rename/unlink and fsync the directories.
+- Deferred files carry their next delivery attempt as atime and mtime, as
+  Postfix's qmgr does (qmgr_active.c sets both to now + backoff); `scan`
+  with `due=` skips files whose time has not come.
+
+Reads raise `records.CorruptQueueFile` on a bad file; the caller decides to
+`quarantine` it. Async methods run blocking work off the event loop; the
+`*_sync` methods are for command-line tools and the writer thread.
+Callers: cleanup (commit, reserve), qmgr (scan, load, mark, move, remove),
+the postqueue/postsuper tools (sync API).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import itertools
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from postwall import fsutil
+from postwall.queue import records
+from postwall.queue.ids import is_queue_id, make_queue_id
+from postwall.queue.records import CorruptQueueFile, Envelope, RcptStatus
+
+__all__ = ["STATES", "QueueStore", "QueuedMessage", "Reservation", "State"]
+
+State = Literal["incoming", "active", "deferred", "hold", "corrupt"]
+STATES: tuple[State, ...] = ("incoming", "active", "deferred", "hold", "corrupt")
+_TMP = "tmp"
+_REASON_SUFFIX = ".reason"
+_SPARE_WORKERS = 4
+
+
+@dataclass
+class Reservation:
+    """A queue id bound to an empty temp file in tmp/ (which keeps its inode, and so
+    the id, taken). No descriptor is held, so idle sessions cost no file handles."""
+
+    queue_id: str
+    tmp_path: Path
+    created: float
+    closed: bool = False
+    submitted: bool = False
+
+
+@dataclass
+class QueuedMessage:
+    """A loaded queue file. Holds an open descriptor, so the content stays readable
+    after the file moves to another state; call `close` (or use `with`)."""
+
+    envelope: Envelope
+    state: State
+    path: Path
+    content_offset: int
+    content_length: int
+    _fd: int = field(repr=False, default=-1)
+
+    @property
+    def queue_id(self) -> str:
+        return self.envelope.queue_id
+
+    def read_content(self) -> bytes:
+        """The whole content (copies it into memory)."""
+        return b"".join(self.iter_content())
+
+    def iter_content(self, chunk_size: int = 1 << 16) -> Iterator[bytes]:
+        """The content in chunks, read straight from the queue file."""
+        if self._fd < 0:
+            raise ValueError("queued message is closed")
+        pos, end = self.content_offset, self.content_offset + self.content_length
+        while pos < end:
+            chunk = os.pread(self._fd, min(chunk_size, end - pos), pos)
+            if not chunk:
+                raise CorruptQueueFile(f"{self.queue_id}: content truncated while reading")
+            pos += len(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> QueuedMessage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class _Job:
+    parts: list[bytes | memoryview]
+    reservation: Reservation
+    future: concurrent.futures.Future[str]
+
+
+class _GroupCommitter:
+    """Writer thread that turns pending commits into batches sharing one dir fsync."""
+
+    def __init__(self, store: QueueStore, workers: int) -> None:
+        self._store = store
+        self._cond = threading.Condition()
+        self._pending: list[_Job] = []
+        self._closed = False
+        self._pool = concurrent.futures.ThreadPoolExecutor(workers, "postwall-qfsync")
+        self._thread = threading.Thread(target=self._run, name="postwall-qwriter", daemon=True)
+        self._thread.start()
+        self.batches = 0  # for tests and statistics
+
+    def submit(self, job: _Job) -> None:
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("queue store is closed")
+            self._pending.append(job)
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join()
+        self._pool.shutdown()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                batch, self._pending = self._pending, []
+                if not batch and self._closed:
+                    return
+            self.batches += 1
+            try:
+                self._commit_batch(batch)
+            except BaseException as exc:  # a bug must fail the callers, not hang them
+                for job in batch:
+                    _settle(job.future, exc)
+                    self._store.abandon(job.reservation)
+
+    def _commit_batch(self, batch: list[_Job]) -> None:
+        store = self._store
+        written = list(self._pool.map(_write_and_fsync, batch))
+        linked: list[_Job] = []
+        for job, err in zip(batch, written, strict=True):
+            if err is None:
+                try:
+                    target = store.path("incoming", job.reservation.queue_id)
+                    os.link(job.reservation.tmp_path, target)
+                    linked.append(job)
+                    continue
+                except OSError as exc:
+                    err = exc
+            store.abandon(job.reservation)
+            _settle(job.future, err)
+        if not linked:
+            return
+        try:
+            fsutil.fsync_dir(store.directory / "incoming")
+        except OSError as exc:
+            for job in linked:
+                with contextlib.suppress(OSError):
+                    os.unlink(store.path("incoming", job.reservation.queue_id))
+                store.abandon(job.reservation)
+                _settle(job.future, exc)
+            return
+        for job in linked:
+            store.abandon(job.reservation)  # drops the tmp/ name; incoming/ keeps the inode
+            _settle(job.future, job.reservation.queue_id)
+
+
+def _settle(future: concurrent.futures.Future[str], outcome: str | BaseException) -> None:
+    """Complete a caller's future once; a future already done (cancelled) is left alone."""
+    if future.done():
+        return
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+
+def _write_and_fsync(job: _Job) -> OSError | None:
+    try:
+        fd = os.open(job.reservation.tmp_path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        return exc
+    try:
+        for part in job.parts:
+            fsutil.write_all(fd, part)
+        os.fsync(fd)
+    except OSError as exc:
+        return exc
+    finally:
+        os.close(fd)
+    return None
+
+
+class QueueStore:
+    """The queue directory. Thread-safe; one store per process and directory."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        fsync_workers: int = 8,
+        spare_ids: int = 64,
+        reservation_ttl: float = 86400.0,
+    ) -> None:
+        self.directory = Path(directory)
+        fsutil.ensure_dir(self.directory, 0o700)
+        for name in (*STATES, _TMP):
+            fsutil.ensure_dir(self.directory / name, 0o700)
+        self._fsync_workers = fsync_workers
+        self._committer: _GroupCommitter | None = None
+        self._lock = threading.Lock()
+        self._counter = itertools.count()
+        self._reserved: dict[str, Reservation] = {}
+        self._spares: collections.deque[Reservation] = collections.deque()
+        self._spare_target = spare_ids
+        self._reservation_ttl = reservation_ttl
+        self._spare_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._refills = 0
+        self._closing = False
+        self.clean_tmp()
+
+    # -- paths -----------------------------------------------------------
+
+    def path(self, state: State, queue_id: str) -> Path:
+        if state not in STATES:
+            raise ValueError(f"unknown queue state {state!r}")
+        if not is_queue_id(queue_id):
+            raise ValueError(f"malformed queue id {queue_id!r}")
+        return self.directory / state / queue_id
+
+    def locate(self, queue_id: str) -> State | None:
+        """The state whose directory holds `queue_id`, or None."""
+        for state in STATES:
+            if os.path.lexists(self.path(state, queue_id)):
+                return state
+        return None
+
+    def clean_tmp(self) -> list[str]:
+        """Remove temp files left by dead processes; returns the names removed."""
+        removed = []
+        tmpdir = self.directory / _TMP
+        for name in os.listdir(tmpdir):
+            pid_text = name.split(".", 1)[0]
+            if pid_text.isdigit() and _pid_alive(int(pid_text)):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmpdir / name)
+                removed.append(name)
+        return removed
+
+    # -- commit ----------------------------------------------------------
+
+    def _create_reservation(self) -> Reservation:
+        """Create an empty temp file and derive the queue id from its inode."""
+        tmp = self.directory / _TMP / f"{os.getpid()}.{next(self._counter)}.{secrets.token_hex(4)}"
+        fd = fsutil.create_exclusive(tmp, 0o600)
+        try:
+            inode = os.fstat(fd).st_ino
+            while True:
+                qid = make_queue_id((time.time_ns() // 1000) % 1_000_000, inode)
+                # A live file with our inode cannot exist; a restored foreign file can.
+                if self.locate(qid) is None and qid not in self._reserved:
+                    break
+                time.sleep(1e-6)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        finally:
+            os.close(fd)
+        return Reservation(qid, tmp, time.time())
+
+    def _refill_spares(self) -> None:
+        try:
+            while len(self._spares) < self._spare_target and not self._closing:
+                self._spares.append(self._create_reservation())
+        except OSError:
+            pass  # reserve_sync creates on demand and reports the error to its caller
+        finally:
+            with self._lock:
+                self._refills -= 1
+
+    def _maybe_refill(self) -> None:
+        with self._lock:
+            if self._closing or len(self._spares) >= self._spare_target // 2:
+                return
+            if self._spare_pool is None:
+                self._spare_pool = concurrent.futures.ThreadPoolExecutor(
+                    _SPARE_WORKERS, "postwall-qspare"
+                )
+            start = _SPARE_WORKERS - self._refills
+            self._refills += start
+            pool = self._spare_pool
+        # File creation is the slow part of a commit (it takes the directory
+        # lock and allocates an inode), so a few threads keep spares ready.
+        for _ in range(start):
+            pool.submit(self._refill_spares)
+
+    def reserve_sync(self) -> Reservation:
+        """Take a queue id: a ready spare temp file if there is one, else a new one."""
+        reservation = None
+        while self._spares:
+            try:
+                spare = self._spares.popleft()
+            except IndexError:
+                break
+            if self.locate(spare.queue_id) is None:
+                reservation = spare
+                break
+            self._discard_file(spare.tmp_path)
+        if self._spare_target:
+            self._maybe_refill()
+        if reservation is None:
+            reservation = self._create_reservation()
+        reservation.created = time.time()
+        with self._lock:
+            self._reserved[reservation.queue_id] = reservation
+            sweep = len(self._reserved) % 1024 == 0
+        if sweep:  # leak guard for callers that never release an unused id
+            self.expire_reservations(reservation.created - self._reservation_ttl)
+        return reservation
+
+    async def reserve(self) -> Reservation:
+        return await asyncio.to_thread(self.reserve_sync)
+
+    def new_queue_id(self) -> str:
+        """Reserve a queue id now (a ready spare, else one file creation; no fsync).
+        `commit` an envelope carrying it, or `release_queue_id` it when abandoned."""
+        return self.reserve_sync().queue_id
+
+    def release_queue_id(self, queue_id: str) -> None:
+        """Give up a reserved, uncommitted queue id (RSET, QUIT, lost connection)."""
+        with self._lock:
+            reservation = self._reserved.get(queue_id)
+        if reservation is not None:
+            self.abandon(reservation)
+
+    def expire_reservations(self, older_than: float) -> int:
+        """Release reservations made before `older_than` (a leak guard); returns how many."""
+        with self._lock:
+            stale = [
+                r for r in self._reserved.values() if r.created < older_than and not r.submitted
+            ]
+        for reservation in stale:
+            self.abandon(reservation)
+        return len(stale)
+
+    def abandon(self, reservation: Reservation) -> None:
+        """Release a reservation: unlink its temp file (idempotent)."""
+        with self._lock:
+            if reservation.closed:
+                return
+            reservation.closed = True
+            self._reserved.pop(reservation.queue_id, None)
+        self._discard_file(reservation.tmp_path)
+
+    @staticmethod
+    def _discard_file(path: Path) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+    def _reservation_for(self, envelope: Envelope) -> Reservation | None:
+        if not envelope.queue_id:
+            return None
+        with self._lock:
+            reservation = self._reserved.get(envelope.queue_id)
+        if reservation is None:
+            raise ValueError(f"queue id {envelope.queue_id} was not reserved by this store")
+        return reservation
+
+    def _submit(
+        self, envelope: Envelope, content: bytes | memoryview, reservation: Reservation | None
+    ) -> concurrent.futures.Future[str]:
+        parts = records.encode(envelope, content)  # ValueError before anything is queued
+        if reservation is None:
+            reservation = self.reserve_sync()
+        with self._lock:
+            if reservation.closed or reservation.submitted:
+                raise ValueError(f"queue id {reservation.queue_id} already committed or released")
+            reservation.submitted = True
+            if self._committer is None:
+                self._committer = _GroupCommitter(self, self._fsync_workers)
+            committer = self._committer
+        future: concurrent.futures.Future[str] = concurrent.futures.Future()
+        try:
+            committer.submit(_Job(parts, reservation, future))
+        except BaseException:
+            self.abandon(reservation)
+            raise
+        return future
+
+    async def commit(
+        self, envelope: Envelope, content: bytes, reservation: Reservation | None = None
+    ) -> str:
+        """Durably queue a message into incoming/; returns its queue id.
+
+        The id is `reservation`'s, else `envelope.queue_id`'s if set (from
+        `new_queue_id`), else a fresh one. A reservation is consumed, except on
+        ValueError (bad envelope), when it stays usable."""
+        if reservation is None:
+            reservation = self._reservation_for(envelope)
+        owned = reservation is None
+        if reservation is None:
+            reservation = await self.reserve()
+        try:
+            future = self._submit(envelope, content, reservation)
+        except BaseException:
+            if owned:
+                self.abandon(reservation)
+            raise
+        # shield: a cancelled session must not abandon a file the writer is linking.
+        return await asyncio.shield(asyncio.wrap_future(future))
+
+    def commit_sync(
+        self, envelope: Envelope, content: bytes, reservation: Reservation | None = None
+    ) -> str:
+        if reservation is None:
+            reservation = self._reservation_for(envelope)
+        return self._submit(envelope, content, reservation).result()
+
+    @property
+    def batches(self) -> int:
+        """Number of commit batches written so far (each had one directory fsync)."""
+        return self._committer.batches if self._committer else 0
+
+    def close(self) -> None:
+        """Finish pending commits, stop the threads, remove unused spare temp files.
+        The store stays usable: a later call starts what it needs again."""
+        with self._lock:
+            committer, self._committer = self._committer, None
+            spare_pool, self._spare_pool = self._spare_pool, None
+            self._closing = True
+        if spare_pool is not None:
+            spare_pool.shutdown()
+        while self._spares:
+            self._discard_file(self._spares.popleft().tmp_path)
+        with self._lock:
+            self._closing = False
+        if committer is not None:
+            committer.close()
+
+    # -- reading ---------------------------------------------------------
+
+    def scan_sync(self, state: State, *, due: float | None = None) -> list[str]:
+        """Queue ids in `state`, oldest first; with `due`, only files whose mtime <= due."""
+        entries: list[tuple[float, str]] = []
+        directory = self.directory / state
+        if state not in STATES:
+            raise ValueError(f"unknown queue state {state!r}")
+        for name in os.listdir(directory):
+            if not is_queue_id(name):
+                continue
+            try:
+                mtime = os.stat(directory / name).st_mtime
+            except FileNotFoundError:
+                continue  # moved meanwhile
+            if due is None or mtime <= due:
+                entries.append((mtime, name))
+        entries.sort()
+        return [name for _, name in entries]
+
+    async def scan(self, state: State, *, due: float | None = None) -> list[str]:
+        return await asyncio.to_thread(self.scan_sync, state, due=due)
+
+    def _find(self, queue_id: str, state: State | None) -> tuple[State, Path]:
+        found = state if state is not None else self.locate(queue_id)
+        if found is None:
+            raise FileNotFoundError(f"queue file {queue_id} not found")
+        return found, self.path(found, queue_id)
+
+    def load_sync(self, queue_id: str, state: State | None = None) -> QueuedMessage:
+        """Parse a queue file; raises FileNotFoundError or CorruptQueueFile."""
+        found, path = self._find(queue_id, state)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            with open(fd, "rb", closefd=False, buffering=8192) as fp:
+                parsed = records.parse(fp, queue_id)
+        except BaseException:
+            os.close(fd)
+            raise
+        return QueuedMessage(
+            parsed.envelope, found, path, parsed.content_offset, parsed.content_length, fd
+        )
+
+    async def load(self, queue_id: str, state: State | None = None) -> QueuedMessage:
+        return await asyncio.to_thread(self.load_sync, queue_id, state)
+
+    def next_attempt(self, queue_id: str, state: State = "deferred") -> float:
+        """When a deferred message is due again (its mtime)."""
+        return os.stat(self.path(state, queue_id)).st_mtime
+
+    # -- updates ---------------------------------------------------------
+
+    def mark_recipients_sync(
+        self, queue_id: str, indexes: Iterable[int], status: RcptStatus, state: State | None = None
+    ) -> None:
+        """Durably set the completion status of recipients (by index in the envelope)."""
+        _, path = self._find(queue_id, state)
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            with open(fd, "rb", closefd=False) as fp:
+                offsets = records.parse(fp, queue_id).status_offsets
+            wanted = sorted(set(indexes))
+            for i in wanted:
+                if not 0 <= i < len(offsets):
+                    raise IndexError(f"{queue_id}: no recipient #{i}")
+            for i in wanted:
+                os.pwrite(fd, status.value, offsets[i])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    async def mark_recipients(
+        self, queue_id: str, indexes: Iterable[int], status: RcptStatus, state: State | None = None
+    ) -> None:
+        await asyncio.to_thread(self.mark_recipients_sync, queue_id, list(indexes), status, state)
+
+    def set_warn_time_sync(self, queue_id: str, when: int, state: State | None = None) -> None:
+        """Durably set the next delay-warning time (0 = none), in place."""
+        _, path = self._find(queue_id, state)
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            with open(fd, "rb", closefd=False) as fp:
+                offset = records.parse(fp, queue_id).warn_offset
+            if offset is None:
+                raise CorruptQueueFile(f"{queue_id}: no warn record")
+            os.pwrite(fd, int(when).to_bytes(8, "big", signed=True), offset)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    async def set_warn_time(self, queue_id: str, when: int, state: State | None = None) -> None:
+        await asyncio.to_thread(self.set_warn_time_sync, queue_id, when, state)
+
+    def move_sync(
+        self,
+        queue_id: str,
+        from_state: State,
+        to_state: State,
+        *,
+        next_attempt: float | None = None,
+    ) -> Path:
+        """Rename a queue file to another state; `next_attempt` sets atime/mtime first."""
+        src, dst = self.path(from_state, queue_id), self.path(to_state, queue_id)
+        if next_attempt is not None:
+            os.utime(src, (next_attempt, next_attempt))
+            fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)  # the new time must survive a crash with the rename
+            finally:
+                os.close(fd)
+        if from_state != to_state:
+            if os.path.lexists(dst):
+                raise FileExistsError(f"{dst} already exists")
+            os.rename(src, dst)
+            fsutil.fsync_dir(dst.parent)
+            fsutil.fsync_dir(src.parent)
+        return dst
+
+    async def move(
+        self,
+        queue_id: str,
+        from_state: State,
+        to_state: State,
+        *,
+        next_attempt: float | None = None,
+    ) -> Path:
+        return await asyncio.to_thread(
+            self.move_sync, queue_id, from_state, to_state, next_attempt=next_attempt
+        )
+
+    def remove_sync(self, queue_id: str, state: State | None = None) -> None:
+        """Delete a queue file for good (all recipients done)."""
+        _, path = self._find(queue_id, state)
+        os.unlink(path)
+        # Without this a crash could resurrect the file and deliver it twice.
+        fsutil.fsync_dir(path.parent)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path.with_name(queue_id + _REASON_SUFFIX))
+
+    async def remove(self, queue_id: str, state: State | None = None) -> None:
+        await asyncio.to_thread(self.remove_sync, queue_id, state)
+
+    def quarantine_sync(self, queue_id: str, reason: str, state: State | None = None) -> Path:
+        """Move a bad file to corrupt/ and record why next to it (`<qid>.reason`)."""
+        found, _ = self._find(queue_id, state)
+        reason_path = self.directory / "corrupt" / (queue_id + _REASON_SUFFIX)
+        fsutil.atomic_write(reason_path, (reason.rstrip("\n") + "\n").encode(), 0o600)
+        return self.move_sync(queue_id, found, "corrupt")
+
+    async def quarantine(self, queue_id: str, reason: str, state: State | None = None) -> Path:
+        return await asyncio.to_thread(self.quarantine_sync, queue_id, reason, state)
+
+    def quarantine_reason(self, queue_id: str) -> str | None:
+        try:
+            path = self.directory / "corrupt" / (queue_id + _REASON_SUFFIX)
+            return path.read_text().rstrip("\n")
+        except FileNotFoundError:
+            return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,160 @@
+"""Address resolution: which class a recipient's domain belongs to and where it goes.
+
+This is postwall's counterpart of Postfix's trivial-rewrite: smtpd asks it whether a
+recipient is local, relayed or remote (relay control, the local recipient check) and
+the queue manager asks it which transport delivers a recipient.  Both must agree,
+so the rules live here once.
+
+Guarantees: pure decisions over the configuration and its lookup tables, no I/O
+beyond table lookups; an address without a domain is qualified with $myorigin
+(append_at_myorigin = yes, as Postfix), so `RCPT TO:<root>` is local.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from postwall.config.params import Params
+from postwall.config.tables import Table, open_table
+
+
+class AddressClass(Enum):
+    LOCAL = "local"  # $mydestination: delivered by the local agent
+    RELAY = "relay"  # $relay_domains: accepted from anyone, sent onward
+    REMOTE = "remote"  # anything else: only authorised clients may relay
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where one recipient goes: a transport name and its next hop."""
+
+    transport: str
+    nexthop: str
+    address: str  # the recipient, qualified
+
+
+def split_address(address: str) -> tuple[str, str]:
+    """Split at the last @; an address without a domain has an empty domain."""
+    local, sep, domain = address.rpartition("@")
+    if not sep:
+        return address, ""
+    return local, domain
+
+
+class AddressResolver:
+    def __init__(
+        self,
+        *,
+        myhostname: str,
+        myorigin: str,
+        mydestination: Sequence[str],
+        relay_domains: Sequence[str],
+        local_recipient_maps: Sequence[Table],
+        local_maps_configured: bool,
+        recipient_delimiter: str,
+        local_interfaces: Iterable[str] = (),
+        local_transport: str = "local",
+        default_transport: str = "smtp",
+        relayhost: str = "",
+    ) -> None:
+        self.myhostname = myhostname.lower()
+        self.myorigin = myorigin.lower() or self.myhostname
+        self._local_domains = {d.lower().rstrip(".") for d in mydestination if d}
+        self._relay_domains = {d.lower().rstrip(".") for d in relay_domains if d}
+        self._local_maps = list(local_recipient_maps)
+        self._local_maps_configured = local_maps_configured
+        self._delimiter = recipient_delimiter
+        self._interfaces = {a for a in local_interfaces}
+        self._local_transport = local_transport.partition(":")[0] or "local"
+        self._default_transport = default_transport
+        self._relayhost = relayhost
+
+    @classmethod
+    def from_params(cls, params: Params) -> AddressResolver:
+        maps_ref = params.local_recipient_maps
+        alias_refs = set(params.alias_maps)
+        base = Path(params.config_directory)
+        tables = [open_table(ref, base, aliases=ref in alias_refs) for ref in maps_ref]
+        return cls(
+            myhostname=params.myhostname,
+            myorigin=params.myorigin,
+            mydestination=params.mydestination,
+            relay_domains=params.relay_domains,
+            local_recipient_maps=tables,
+            local_maps_configured=bool(maps_ref),
+            recipient_delimiter=params.recipient_delimiter,
+            local_interfaces=("127.0.0.1", "::1"),
+            local_transport=params.local_transport,
+            default_transport=params.default_transport,
+            relayhost=params.relayhost,
+        )
+
+    def qualify(self, address: str) -> str:
+        if not address or "@" in address:
+            return address
+        return f"{address}@{self.myorigin}"
+
+    def classify(self, address: str) -> AddressClass:
+        _, domain = split_address(self.qualify(address))
+        domain = domain.lower().rstrip(".")
+        if self._is_local_domain(domain):
+            return AddressClass.LOCAL
+        if domain in self._relay_domains or _parent_match(domain, self._relay_domains):
+            return AddressClass.RELAY
+        return AddressClass.REMOTE
+
+    def _is_local_domain(self, domain: str) -> bool:
+        if domain in self._local_domains:
+            return True
+        # An address literal for one of our own addresses is local (RFC 5321 4.1.3).
+        if domain.startswith("[") and domain.endswith("]"):
+            literal = domain[1:-1]
+            if literal.lower().startswith("ipv6:"):
+                literal = literal[5:]
+            try:
+                return str(ipaddress.ip_address(literal)) in self._interfaces
+            except ValueError:
+                return False
+        return False
+
+    def local_user(self, address: str) -> str:
+        """The mailbox owner of a local address: the local part without its extension."""
+        local, _ = split_address(self.qualify(address))
+        if self._delimiter:
+            for delim in self._delimiter:
+                head, sep, _ = local.partition(delim)
+                if sep and head:
+                    return head
+        return local
+
+    def is_known_local(self, address: str) -> bool:
+        """local_recipient_maps semantics: an empty setting accepts every local part."""
+        if not self._local_maps_configured:
+            return True
+        local, _ = split_address(self.qualify(address))
+        user = self.local_user(address)
+        # RFC 5321 4.5.1: postmaster must always be accepted.
+        if user.lower() == "postmaster":
+            return True
+        keys = [local] if local == user else [local, user]
+        return any(t.lookup(k) is not None for t in self._local_maps for k in keys)
+
+    def destination(self, address: str) -> Destination:
+        qualified = self.qualify(address)
+        if self.classify(qualified) is AddressClass.LOCAL:
+            return Destination(self._local_transport, self.myhostname, qualified)
+        transport, _, nexthop = self._default_transport.partition(":")
+        if not nexthop:
+            nexthop = self._relayhost or split_address(qualified)[1]
+        return Destination(transport or "smtp", nexthop, qualified)
+
+
+def _parent_match(domain: str, domains: set[str]) -> bool:
+    # Postfix's parent_domain_matches_subdomains includes relay_domains by default:
+    # "example.com" in relay_domains also matches "sub.example.com".
+    parts = domain.split(".")
+    return any(".".join(parts[i:]) in domains for i in range(1, len(parts)))

@@ -1,0 +1,556 @@
+"""smtpd: one SMTP session on one connection, as asyncio glue around the protocol core.
+
+Who calls it: asyncio, through master's listeners (one `SmtpdService` per master.cf
+smtpd service).  What it does: moves bytes between the socket, the TLS engine and
+the sans-I/O `ServerConnection`; answers each command event with the service's
+policy (restrictions, relay control); hands accepted messages to cleanup; keeps
+the idle timer; writes Postfix's log lines.
+
+What it guarantees: replies leave in command order; at STARTTLS the core drops
+every plaintext byte that followed the command, and from then on only decrypted
+bytes reach it; a message is answered 250 only after cleanup reports it durable;
+any failure inside a session (a TLS error, a bug) ends that session with a log
+line, never the server, and never sends a traceback to the peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from dataclasses import dataclass
+
+from postwall import logfmt
+from postwall.cleanup import Cleanup, Submission
+from postwall.config.network import Networks
+from postwall.config.params import Params
+from postwall.log import MailLog
+from postwall.queue.records import Recipient
+from postwall.resolve import AddressResolver
+from postwall.smtp import events as ev
+from postwall.smtp import replies
+from postwall.smtp.replies import Reply
+from postwall.smtp.server import CLOSED, NEED_DATA, ServerConnection, ServerSettings
+from postwall.smtpd.restrictions import ClientState, Restrictions
+from postwall.tls import describe
+from postwall.tls.engine import TLSError, TLSInfo, TLSSession
+from postwall.tls.policy import ServerTLS
+
+# While a message is being committed the core keeps later input; past this much
+# a pipelining client simply waits (TCP flow control), so memory stays bounded.
+_MAX_BUFFERED = 256 * 1024
+
+
+def core_settings(params: Params, tls: ServerTLS | None) -> ServerSettings:
+    """The protocol core's view of one service's parameters."""
+    return ServerSettings.from_params(
+        params,
+        starttls_offered=tls is not None and tls.offered and not tls.wrappermode,
+        tls_required=tls is not None and tls.required and not tls.wrappermode,
+    )
+
+
+@dataclass(slots=True)
+class SmtpdService:
+    """What every session of one master.cf smtpd service shares; replaced on reload."""
+
+    name: str
+    params: Params
+    log: MailLog
+    cleanup: Cleanup
+    restrictions: Restrictions
+    resolver: AddressResolver
+    networks: Networks
+    tls: ServerTLS | None
+    settings: ServerSettings
+    sessions: set[SmtpSession]
+
+
+class SmtpSession(asyncio.Protocol):
+    def __init__(self, service: SmtpdService) -> None:
+        self.svc = service
+        self.log = service.log
+        self.params = service.params
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.conn = ServerConnection(service.settings)
+        self.client = ClientState(name="unknown", addr="")
+        self.client_port = 0
+        self.peer = "unknown"
+        self.tls: TLSSession | None = None
+        self.tls_info: TLSInfo | None = None
+        self.queue_id: str | None = None
+        self.busy = False  # waiting for cleanup or an error sleep; the core holds input
+        self.started = False  # greeting sent
+        self.closed = False
+        self.ended = False  # the disconnect line was logged
+        self.early: list[bytes] = []  # bytes that arrived before the greeting
+        self.last_activity = time.monotonic()
+        self.timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio callbacks ---------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        self.svc.sessions.add(self)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # Replies must never wait on Nagle's algorithm (the ~40 ms stall Postfix
+            # shows after a TLS session ticket).
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peername = transport.get_extra_info("peername") or ("", 0)
+        self.client.addr = _plain_addr(str(peername[0]))
+        self.client_port = int(peername[1]) if len(peername) > 1 else 0
+        self.peer = f"unknown[{self.client.addr}]"
+        self._arm_timer()
+        self.loop.create_task(self._start())
+
+    async def _start(self) -> None:
+        try:
+            if self.params.smtpd_peername_lookup:
+                self.client.name = await _reverse_lookup(self.loop, self.client.addr)
+            self.peer = f"{self.client.name}[{self.client.addr}]"
+            self.log.info("smtpd", logfmt.connect(self.client.name, self.client.addr))
+            if self.closed:
+                return
+            if self.svc.tls is not None and self.svc.tls.wrappermode:
+                self._start_tls()
+            else:
+                self._greet()
+        except Exception as exc:  # a bug ends this session only
+            self._crash(exc)
+
+    def _greet(self) -> None:
+        self.started = True
+        reply = self.svc.restrictions.check_connect(self.client)
+        if reply is not None:
+            self._log_reject("CONNECT", reply)
+        self.conn.greeting(reply)
+        self._flush()
+        early, self.early = self.early, []
+        for chunk in early:
+            self.conn.receive_data(chunk)
+        self._pump()
+
+    def data_received(self, data: bytes) -> None:
+        self.last_activity = time.monotonic()
+        try:
+            if self.tls is not None:
+                self._tls_received(data)
+            else:
+                self._feed(data)
+        except Exception as exc:
+            self._crash(exc)
+
+    def eof_received(self) -> bool | None:
+        try:
+            if self.tls is not None and not self.tls.handshake_done:
+                self._tls_failed("lost connection")
+            else:
+                self._feed(b"")
+        except Exception as exc:
+            self._crash(exc)
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.started:
+            self._log_end("lost connection")
+        self.closed = True
+        self._teardown()
+
+    def abort(self) -> None:
+        """Shutdown: end the session now; what it was sending is not queued."""
+        if not self.closed:
+            self.conn.close(
+                replies.Reply(421, "4.3.2", f"{self.params.myhostname} Service shutting down")
+            )
+            self._flush()
+            self._close()
+
+    # -- input ---------------------------------------------------------------
+
+    def _feed(self, plaintext: bytes) -> None:
+        if not self.started:
+            if plaintext:
+                self.early.append(plaintext)
+            else:
+                self._close()
+            return
+        self.conn.receive_data(plaintext)
+        if not self.busy:
+            self._pump()
+        elif self.conn.buffered > _MAX_BUFFERED and self.transport is not None:
+            self.transport.pause_reading()
+
+    def _tls_received(self, data: bytes) -> None:
+        assert self.tls is not None
+        was_done = self.tls.handshake_done
+        try:
+            plaintext = self.tls.receive(data)
+        except TLSError as exc:
+            self._write_raw(self.tls.data_to_send())
+            for line in exc.details:
+                self.log.warning("smtpd", logfmt.tls_library_problem(line))
+            self._tls_failed(exc.reason, logged=True)
+            return
+        self._write_raw(self.tls.data_to_send())
+        if not was_done and self.tls.handshake_done:
+            self._tls_ready()
+        if plaintext:
+            self._feed(plaintext)
+
+    # -- the event loop of the protocol core -----------------------------------
+
+    def _pump(self) -> None:
+        while not self.busy and not self.closed:
+            event = self.conn.next_event()
+            if event is NEED_DATA:
+                break
+            if event is CLOSED:
+                self._flush()
+                self._log_end(self.conn.close_reason or "")
+                self._close()
+                return
+            handler = _HANDLERS.get(type(event))
+            if handler is not None:
+                handler(self, event)
+            elif getattr(event, "needs_answer", False):
+                self.conn.accept()
+        if self.conn.over_soft_error_limit and not self.busy and not self.closed:
+            # Postfix's tarpit: past smtpd_soft_error_limit every reply waits.
+            self.busy = True
+            self.loop.call_later(self.params.smtpd_error_sleep_time, self._resume)
+            return
+        self._flush()
+
+    def _resume(self) -> None:
+        self.busy = False
+        if self.closed:
+            return
+        self._flush()
+        if self.transport is not None:
+            self.transport.resume_reading()
+        try:
+            self._pump()
+        except Exception as exc:
+            self._crash(exc)
+
+    def _flush(self) -> None:
+        out = self.conn.data_to_send()
+        if not out or self.transport is None or self.transport.is_closing():
+            return
+        if self.tls is not None and self.tls.handshake_done:
+            self.tls.send(out)
+            out = self.tls.data_to_send()
+        self.transport.write(out)
+
+    def _write_raw(self, data: bytes) -> None:
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    # -- command handlers ----------------------------------------------------
+
+    def on_helo(self, event: ev.Helo) -> None:
+        self.client.helo = event.name
+        reply = self.svc.restrictions.check_helo(self.client)
+        if reply is not None:
+            self._reject("EHLO" if event.esmtp else "HELO", reply)
+        else:
+            self.conn.accept()
+
+    def on_mail(self, event: ev.MailFrom) -> None:
+        self.client.sender = event.address
+        reply = self.svc.restrictions.check_mail(self.client)
+        if reply is not None:
+            self._reject("MAIL", reply)
+            self.client.sender = None
+            return
+        self._release_queue_id()
+        self.conn.accept()
+
+    def on_rcpt(self, event: ev.RcptTo) -> None:
+        recipient = self.svc.resolver.qualify(event.address)
+        reply = self.svc.restrictions.check_rcpt(self.client, recipient)
+        if reply is not None:
+            self._reject("RCPT", reply, recipient=event.address)
+            return
+        if self.queue_id is None:
+            # Postfix creates the queue file at the first accepted recipient.
+            self.queue_id = self.svc.cleanup.new_queue_id()
+            self.log.info(
+                "smtpd",
+                logfmt.client(
+                    self.queue_id,
+                    self.client.name,
+                    self.client.addr,
+                    sasl_username=self.client.sasl_username,
+                ),
+            )
+        self.conn.accept()
+
+    def on_data(self, event: ev.DataStart) -> None:
+        reply = self.svc.restrictions.check_data(self.client)
+        if reply is not None:
+            self._reject("BDAT" if event.bdat else "DATA", reply)
+        else:
+            self.conn.accept()
+
+    def on_message(self, event: ev.Message) -> None:
+        if self.queue_id is None:  # cannot happen: a message needs an accepted RCPT
+            self.conn.reject(Reply(451, "4.3.0", "Error: internal error"))
+            return
+        env = event.envelope
+        sub = Submission(
+            queue_id=self.queue_id,
+            sender=self.svc.resolver.qualify(env.sender),
+            recipients=[
+                Recipient(
+                    address=self.svc.resolver.qualify(r.address),
+                    orcpt=r.params.orcpt or "",
+                    notify=frozenset(r.params.notify or ()),
+                    original=r.address,
+                )
+                for r in env.recipients
+            ],
+            content=event.content,
+            arrival_time=time.time(),
+            client_name=self.client.name,
+            client_addr=self.client.addr,
+            client_port=self.client_port,
+            helo=self.client.helo,
+            protocol=self._received_protocol(),
+            ret=env.ret,
+            envid=env.envid,
+            body_type=env.body_type,
+            smtputf8=env.smtputf8,
+            sasl_username=self.client.sasl_username,
+            tls_clauses=self._received_tls_clauses(),
+            # local_header_rewrite_clients = permit_inet_interfaces: our own addresses.
+            rewrite_headers=_is_loopback(self.client.addr),
+        )
+        self.queue_id = None
+        self.busy = True
+        self.loop.create_task(self._commit(sub, event.bdat))
+
+    async def _commit(self, sub: Submission, bdat: bool) -> None:
+        try:
+            failure = await self.svc.cleanup.submit(sub)
+        except Exception as exc:  # never answer 250 for what is not on disk
+            self.log.warning("smtpd", f"{sub.queue_id}: cleanup failed: {exc!r}")
+            failure = Reply(451, "4.3.0", "Error: queue file write error")
+        if self.closed:
+            return
+        try:
+            if failure is None:
+                self.conn.accept(queue_id=sub.queue_id)
+            else:
+                self.log.info(
+                    "smtpd",
+                    logfmt.reject(
+                        sub.queue_id,
+                        "END-OF-MESSAGE",
+                        self.client.name,
+                        self.client.addr,
+                        str(failure),
+                        sender=sub.sender,
+                        protocol=self._log_protocol(),
+                        helo=self.client.helo,
+                    ),
+                )
+                self.conn.reject(failure)
+            self._resume()
+        except Exception as exc:
+            self._crash(exc)
+
+    def on_starttls(self, event: ev.StartTLS) -> None:
+        self.conn.accept()
+        self._flush()
+        self._start_tls()
+
+    def on_vrfy(self, event: ev.Vrfy) -> None:
+        self.conn.accept()
+
+    def on_etrn(self, event: ev.Etrn) -> None:
+        self.conn.accept()
+
+    def on_notice(self, event: object) -> None:
+        name, addr = self.client.name, self.client.addr
+        match event:
+            case ev.ImproperPipelining(after=after, pending=pending):
+                self.log.info("smtpd", logfmt.improper_pipelining(after, name, addr, pending))
+            case ev.NonSmtpCommand(line=line):
+                self.log.warning("smtpd", logfmt.non_smtp_command(name, addr, line))
+            case ev.LineTooLong(limit=limit, head=head):
+                self.log.warning(
+                    "smtpd", f"{self.peer}: request longer than {limit}: {logfmt.escape(head[:30])}"
+                )
+            case ev.IllegalAddress(command=command, argument=argument):
+                self.log.warning(
+                    "smtpd",
+                    f"Illegal address syntax from {self.peer} in {command} command: {argument}",
+                )
+
+    # -- TLS -----------------------------------------------------------------
+
+    def _start_tls(self) -> None:
+        assert self.svc.tls is not None
+        self.log.info("smtpd", logfmt.tls_setup(self.client.name, self.client.addr))
+        self.tls = self.svc.tls.new_session(
+            self.peer, log=lambda line: self.log.info("smtpd", line)
+        )
+
+    def _tls_ready(self) -> None:
+        assert self.tls is not None and self.svc.tls is not None
+        info = self.tls.info
+        self.tls_info = info
+        self.client.tls_trusted_cert = info.trust == "Trusted"
+        for line in describe.after_handshake(info, self.svc.tls.loglevel):
+            self.log.info("smtpd", line)
+        self.conn.tls_established()
+        if not self.started:
+            self._greet()
+
+    def _tls_failed(self, reason: str, logged: bool = False) -> None:
+        detail = reason if not logged else reason.rpartition(": ")[2] or reason
+        self.log.info("smtpd", logfmt.ssl_accept_error(self.client.name, self.client.addr, detail))
+        self._log_end("lost connection" if "lost connection" in reason else "")
+        self._close()
+
+    def _received_tls_clauses(self) -> list[str]:
+        tls = self.svc.tls
+        if self.tls_info is None or tls is None or not self.params.smtpd_tls_received_header:
+            return []
+        return describe.received_clauses(self.tls_info, tls.ask_ccert)
+
+    # -- logging and teardown ------------------------------------------------
+
+    def _reject(self, stage: str, reply: Reply, recipient: str | None = None) -> None:
+        self._log_reject(stage, reply, recipient)
+        self.conn.reject(reply)
+
+    def _log_reject(self, stage: str, reply: Reply, recipient: str | None = None) -> None:
+        self.log.info(
+            "smtpd",
+            logfmt.reject(
+                self.queue_id,
+                stage,
+                self.client.name,
+                self.client.addr,
+                str(reply),
+                sender=self.client.sender,
+                recipient=recipient,
+                protocol=self._log_protocol(),
+                helo=self.client.helo,
+            ),
+        )
+
+    def _log_protocol(self) -> str:
+        return "ESMTP" if self.conn.esmtp else "SMTP"
+
+    def _received_protocol(self) -> str:
+        tls = "S" if self.tls_info is not None else ""
+        auth = "A" if self.client.sasl_username else ""
+        return self._log_protocol() + tls + auth
+
+    def _log_end(self, reason: str) -> None:
+        """The `lost connection after X` style line, then `disconnect from`."""
+        if self.ended:
+            return
+        self.ended = True
+        where = self.conn.last_command
+        name, addr = self.client.name, self.client.addr
+        if reason in ("lost connection", "timeout", "too many errors") and logfmt.should_log_abort(
+            reason, where
+        ):
+            self.log.info("smtpd", logfmt.session_abort(reason, where, name, addr))
+        self.log.info("smtpd", logfmt.disconnect(name, addr, self.conn.disconnect_summary()))
+
+    def _arm_timer(self) -> None:
+        deadline = self.last_activity + self.params.smtpd_timeout
+        self.timer = self.loop.call_later(
+            max(0.0, deadline - time.monotonic()), self._check_timeout
+        )
+
+    def _check_timeout(self) -> None:
+        if self.closed:
+            return
+        if time.monotonic() - self.last_activity < self.params.smtpd_timeout:
+            self._arm_timer()
+            return
+        self.conn.close(replies.timeout_exceeded(self.params.myhostname), reason="timeout")
+        self._flush()
+        if self.started:
+            self._log_end("timeout")
+        self._close()
+
+    def _crash(self, exc: BaseException) -> None:
+        self.log.warning("smtpd", f"{self.peer}: session aborted: internal error: {exc!r}")
+        if self.started:
+            self._log_end("")
+        self._close()
+
+    def _close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.transport is not None:
+            if self.tls is not None:
+                # A close_notify keeps the session resumable (OpenSSL drops sessions
+                # from its cache when a connection is freed without one).
+                with contextlib.suppress(Exception):
+                    self.tls.shutdown()
+                    self._write_raw(self.tls.data_to_send())
+            self.transport.close()
+
+    def _release_queue_id(self) -> None:
+        # An abandoned transaction gives its reserved queue id back to the store.
+        if self.queue_id is not None:
+            self.svc.cleanup.release_queue_id(self.queue_id)
+            self.queue_id = None
+
+    def _teardown(self) -> None:
+        if not self.busy:
+            self._release_queue_id()
+        if self.timer is not None:
+            self.timer.cancel()
+        self.svc.sessions.discard(self)
+
+
+_HANDLERS = {
+    ev.Helo: SmtpSession.on_helo,
+    ev.MailFrom: SmtpSession.on_mail,
+    ev.RcptTo: SmtpSession.on_rcpt,
+    ev.DataStart: SmtpSession.on_data,
+    ev.Message: SmtpSession.on_message,
+    ev.StartTLS: SmtpSession.on_starttls,
+    ev.Vrfy: SmtpSession.on_vrfy,
+    ev.Etrn: SmtpSession.on_etrn,
+    ev.ImproperPipelining: SmtpSession.on_notice,
+    ev.NonSmtpCommand: SmtpSession.on_notice,
+    ev.LineTooLong: SmtpSession.on_notice,
+    ev.IllegalAddress: SmtpSession.on_notice,
+}
+
+
+def _plain_addr(addr: str) -> str:
+    # An IPv4 client on a dual-stack socket shows as ::ffff:a.b.c.d.
+    return addr[7:] if addr.startswith("::ffff:") and "." in addr else addr
+
+
+def _is_loopback(addr: str) -> bool:
+    return addr.startswith("127.") or addr == "::1"
+
+
+async def _reverse_lookup(loop: asyncio.AbstractEventLoop, addr: str) -> str:
+    """Postfix's rule: the PTR name counts only if it resolves back to the address."""
+    try:
+        async with asyncio.timeout(5):
+            name, _ = await loop.getnameinfo((addr, 0), socket.NI_NAMEREQD)
+            infos = await loop.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+    except (OSError, TimeoutError, UnicodeError):
+        return "unknown"
+    if any(_plain_addr(str(info[4][0])) == addr for info in infos):
+        return name
+    return "unknown"
