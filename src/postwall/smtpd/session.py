@@ -400,6 +400,12 @@ class SmtpSession(asyncio.Protocol):
         self.tls = self.svc.tls.new_session(
             self.peer, log=lambda line: self.log.info("smtpd", line)
         )
+        if not self.started:
+            # Implicit TLS: a fast client's ClientHello may have arrived during the
+            # peer name lookup.
+            early, self.early = self.early, []
+            for chunk in early:
+                self._tls_received(chunk)
 
     def _tls_ready(self) -> None:
         assert self.tls is not None and self.svc.tls is not None

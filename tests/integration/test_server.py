@@ -1,0 +1,349 @@
+"""A real postwall server on 127.0.0.1, driven with smtplib and raw sockets.
+
+Each test starts `python -m postwall start -c DIR` (tests/peers.PostwallServer), talks
+SMTP to it and checks the replies, the Maildir and the mail log.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import smtplib
+import socket
+import ssl
+import time
+from pathlib import Path
+
+import pytest
+
+import peers
+
+
+def _client_ctx(certs: peers.TestCerts | None = None, cert: str | None = None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    if certs is not None and cert == "client":
+        ctx.load_cert_chain(certs.client_cert, certs.client_key)
+    if certs is not None and cert == "selfsigned":
+        ctx.load_cert_chain(certs.selfsigned_cert, certs.selfsigned_key)
+    return ctx
+
+
+def _tls_params(certs: peers.TestCerts, **extra: str) -> dict[str, str]:
+    params = {
+        "smtpd_tls_security_level": "may",
+        "smtpd_tls_cert_file": str(certs.server_cert),
+        "smtpd_tls_key_file": str(certs.server_key),
+        "smtpd_tls_CAfile": str(certs.ca_cert),
+        "smtpd_tls_ask_ccert": "yes",
+        "smtpd_tls_loglevel": "1",
+        "smtpd_tls_received_header": "yes",
+    }
+    params.update(extra)
+    return params
+
+
+class Raw:
+    """A line-level SMTP client on a plain socket, for what smtplib will not send."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buf = b""
+        self.banner = self.reply()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def reply(self) -> str:
+        lines = []
+        while True:
+            while b"\r\n" not in self.buf:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError(f"closed after {lines!r}")
+                self.buf += chunk
+            line, self.buf = self.buf.split(b"\r\n", 1)
+            lines.append(line.decode())
+            if len(line) < 4 or line[3:4] != b"-":
+                return "\n".join(lines)
+
+    def replies(self, n: int) -> list[str]:
+        return [self.reply() for _ in range(n)]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_mail_over_starttls_lands_in_maildir_with_received_header(postwall_factory, certs):
+    server = postwall_factory(params=_tls_params(certs))
+    msg = peers.simple_message("tls one", "alice@example.org", "root@localhost")
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as s:
+        code, banner = s.ehlo("client.example")
+        assert code == 250
+        assert b"STARTTLS" in banner
+        s.starttls(context=_client_ctx(certs, "client"))
+        code, features = s.ehlo("client.example")
+        assert b"STARTTLS" not in features  # RFC 3207 4.2: not offered again
+        refused = s.sendmail("alice@example.org", ["root@localhost"], msg)
+        assert refused == {}
+    [delivered] = peers.wait_maildir(server.maildir("root"))
+    head = delivered.split(b"\n\n", 1)[0].decode()
+    assert head.startswith("Return-Path: <alice@example.org>\n")
+    assert "Delivered-To: root@localhost" in head
+    assert re.search(
+        r"Received: from client\.example \(\S+ \[127\.0\.0\.1\]\)\n"
+        r"\t\(using TLSv1\.3 with cipher \S+ \(\d+/\d+ bits\)\n",
+        head,
+    ), head
+    assert '(Client CN "client.postwall.test", Issuer "postwall test CA" (verified OK))' in head
+    assert re.search(r"by postwall\.test \(\w+\) with ESMTPS id [0-9A-F]{10,}\n", head), head
+    log = server.wait_log(r"\]: [0-9A-F]+: removed$").string
+    qid = re.search(r"\]: ([0-9A-F]+): client=", log).group(1)
+    order = [
+        r"connect from \S+\[127\.0\.0\.1\]",
+        r"setting up TLS connection from",
+        r"Trusted TLS connection established from \S+: TLSv1\.3 with cipher",
+        rf"{qid}: client=",
+        rf"cleanup\[\d+\]: {qid}: message-id=<tls\.one@postwall\.test>",
+        rf"qmgr\[\d+\]: {qid}: from=<alice@example\.org>, size=\d+, nrcpt=1 \(queue active\)",
+        rf"local\[\d+\]: {qid}: to=<root@localhost>, relay=local, delay=[\d.]+, "
+        r"delays=[\d.]+/[\d.]+/[\d.]+/[\d.]+, dsn=2\.0\.0, status=sent \(delivered to maildir\)",
+        rf"{qid}: removed",
+    ]
+    pos = 0
+    for pattern in order:
+        m = re.compile(pattern).search(log, pos)
+        assert m, f"/{pattern}/ not found in order in:\n{log}"
+        pos = m.end()
+    server.wait_log(r"disconnect from \S+ ehlo=2 starttls=1 mail=1 rcpt=1 data=1 quit=1 commands=7")
+
+
+def test_untrusted_and_anonymous_clients(postwall_factory, certs):
+    server = postwall_factory(params=_tls_params(certs))
+    for cert in ("selfsigned", None):
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as s:
+            s.starttls(context=_client_ctx(certs, cert))
+            s.ehlo("x")
+            assert s.noop()[0] == 250
+    server.wait_log(r"Untrusted TLS connection established from")
+    server.wait_log(r"Anonymous TLS connection established from")
+
+
+def test_relay_denied_outside_mynetworks(postwall_factory):
+    # 127.0.0.1 is not in mynetworks here, so it is an outside client.
+    server = postwall_factory(params={"mynetworks": "127.0.0.2/32"})
+    c = Raw(server.port)
+    c.send(b"EHLO outside.example\r\nMAIL FROM:<a@example.org>\r\n")
+    c.replies(2)
+    c.send(b"RCPT TO:<victim@foreign.example>\r\n")
+    assert c.reply() == "454 4.7.1 <victim@foreign.example>: Relay access denied"
+    c.send(b"RCPT TO:<root@localhost>\r\n")
+    assert c.reply() == "250 2.1.5 Ok"
+    c.send(b"RCPT TO:<nosuchuser@localhost>\r\n")
+    assert c.reply() == (
+        "550 5.1.1 <nosuchuser@localhost>: Recipient address rejected: "
+        "User unknown in local recipient table"
+    )
+    c.send(b"QUIT\r\n")
+    assert c.reply() == "221 2.0.0 Bye"
+    server.wait_log(
+        r"NOQUEUE: reject: RCPT from \S+\[127\.0\.0\.1\]: 454 4\.7\.1 <victim@foreign\.example>: "
+        r"Relay access denied; from=<a@example\.org> to=<victim@foreign\.example> "
+        r"proto=ESMTP helo=<outside\.example>"
+    )
+
+
+def test_encrypt_level_requires_starttls(postwall_factory, certs):
+    server = postwall_factory(params=_tls_params(certs, smtpd_tls_security_level="encrypt"))
+    c = Raw(server.port)
+    c.send(b"EHLO x\r\n")
+    assert "250-STARTTLS" in c.reply()
+    c.send(b"MAIL FROM:<a@example.org>\r\n")
+    assert c.reply() == "530 5.7.0 Must issue a STARTTLS command first"
+
+
+def test_size_limits(postwall_factory):
+    server = postwall_factory(params={"message_size_limit": "2000"})
+    c = Raw(server.port)
+    c.send(b"EHLO x\r\nMAIL FROM:<a@example.org> SIZE=5000\r\n")
+    assert "SIZE 2000" in c.reply()
+    assert c.reply() == "552 5.3.4 Message size exceeds fixed limit"
+    c.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<root@localhost>\r\nDATA\r\n")
+    assert c.replies(3)[2].startswith("354 ")
+    c.send(b"Subject: big\r\n\r\n" + b"x" * 78 + b"\r\n" * 1 + (b"y" * 78 + b"\r\n") * 60)
+    c.send(b".\r\nNOOP\r\n")
+    assert c.reply() == "552 5.3.4 Error: message file too big"
+    assert c.reply() == "250 2.0.0 Ok"  # the dialogue stays in step
+    c.close()
+    time.sleep(0.5)
+    assert not list((server.config_dir / "queue" / "incoming").iterdir())
+    assert not (server.maildir("root") / "new").exists()
+
+
+def test_starttls_discards_injected_plaintext(postwall_factory, certs):
+    """CVE-2011-0411: commands sent with STARTTLS in one packet must not run after TLS."""
+    server = postwall_factory(params=_tls_params(certs))
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    f = sock.makefile("rb")
+    f.readline()
+    sock.sendall(b"EHLO x\r\n")
+    while f.readline()[3:4] == b"-":
+        pass
+    sock.sendall(b"STARTTLS\r\nRSET\r\nMAIL FROM:<injected@evil.example>\r\n")
+    assert f.readline() == b"220 2.0.0 Ready to start TLS\r\n"
+    tls = _client_ctx().wrap_socket(sock)
+    tls.sendall(b"NOOP\r\n")
+    # Had the injected commands run, their replies would come first.
+    assert tls.recv(1024) == b"250 2.0.0 Ok\r\n"
+    tls.close()
+    server.wait_log(r"disconnect from \S+ ehlo=1 starttls=1 noop=1 commands=3")
+
+
+@pytest.mark.parametrize(
+    "smuggle",
+    [b"\n.\n", b"\n.\r\n", b"\r.\r", b"\r\n.\n", b"\n.\r"],
+    ids=["LF.LF", "LF.CRLF", "CR.CR", "CRLF.LF", "LF.CR"],
+)
+def test_smuggled_end_of_data_is_content(postwall_factory, smuggle):
+    server = postwall_factory()
+    c = Raw(server.port)
+    c.send(b"EHLO x\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<root@localhost>\r\nDATA\r\n")
+    c.replies(4)
+    c.send(
+        b"Subject: outer\r\n\r\nbody"
+        + smuggle
+        + b"MAIL FROM:<evil@example.org>\r\nRCPT TO:<root@localhost>\r\nDATA\r\n"
+        + b"Subject: smuggled\r\n\r\nsmuggled\r\n.\r\n"
+    )
+    first = c.reply()
+    assert first.startswith("250 2.0.0 Ok: queued as "), first
+    c.send(b"QUIT\r\n")
+    # Whatever follows the real end of data is read as commands; nothing else is queued.
+    tail = c.reply()
+    assert tail.startswith("221") or tail.startswith("5"), tail
+    msgs = peers.wait_maildir(server.maildir("root"), 1)
+    time.sleep(1)
+    assert len(peers.maildir_messages(server.maildir("root"))) == 1
+    assert b"Subject: smuggled" in msgs[0]  # the would-be second message is body text
+
+
+def test_pipelined_session_in_one_write(postwall_factory):
+    server = postwall_factory()
+    c = Raw(server.port)
+    c.send(
+        b"EHLO x\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<root@localhost>\r\n"
+        b"RCPT TO:<nosuch@localhost>\r\nDATA\r\nSubject: p\r\n\r\nhi\r\n.\r\n"
+        b"MAIL FROM:<b@example.org>\r\nRCPT TO:<root@localhost>\r\nDATA\r\n"
+        b"Subject: q\r\n\r\nho\r\n.\r\nQUIT\r\n"
+    )
+    got = c.replies(11)
+    assert got[0].startswith("250-")
+    assert got[1:5] == [
+        "250 2.1.0 Ok",
+        "250 2.1.5 Ok",
+        got[3],
+        "354 End data with <CR><LF>.<CR><LF>",
+    ]
+    assert got[3].startswith("550 5.1.1 ")
+    assert got[5].startswith("250 2.0.0 Ok: queued as ")
+    assert got[6:9] == ["250 2.1.0 Ok", "250 2.1.5 Ok", "354 End data with <CR><LF>.<CR><LF>"]
+    assert got[9].startswith("250 2.0.0 Ok: queued as ")
+    assert got[10] == "221 2.0.0 Bye"
+    assert len(peers.wait_maildir(server.maildir("root"), 2)) == 2
+
+
+def test_bdat_chunking(postwall_factory):
+    server = postwall_factory()
+    c = Raw(server.port)
+    c.send(b"EHLO x\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<root@localhost>\r\n")
+    c.replies(3)
+    c.send(b"BDAT 20\r\nSubject: chunk\r\n\r\nab")
+    assert c.reply() == "250 2.0.0 Ok: 20 bytes"
+    c.send(b"BDAT 4 LAST\r\ncd\r\n")
+    assert c.reply().startswith("250 2.0.0 Ok: 24 bytes queued as ")
+    [msg] = peers.wait_maildir(server.maildir("root"))
+    assert msg.endswith(b"\n\nabcd\n")
+
+
+def test_failed_handshake_and_garbage_leave_server_serving(postwall_factory, certs):
+    server = postwall_factory(params=_tls_params(certs))
+    c = Raw(server.port)
+    c.send(b"EHLO x\r\nSTARTTLS\r\n")
+    c.replies(2)
+    c.send(b"\x16\x03\x01\x00\x05garbage-that-is-not-tls" * 3)
+    c.sock.settimeout(5)
+    with pytest.raises((ConnectionError, OSError)):
+        c.reply()
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    raw.sendall(bytes(range(256)) * 8)
+    raw.close()
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as s:
+        assert s.noop()[0] == 250
+    server.wait_log(r"SSL_accept error from \S+\[127\.0\.0\.1\]")
+    assert "Traceback" not in server.stderr_text()
+
+
+def test_client_disconnect_mid_data_queues_nothing(postwall_factory):
+    server = postwall_factory()
+    c = Raw(server.port)
+    c.send(b"EHLO x\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<root@localhost>\r\nDATA\r\n")
+    c.replies(4)
+    c.send(b"Subject: cut\r\n\r\nhalf a mess")
+    c.close()
+    server.wait_log(r"lost connection after DATA (\(\d+ bytes\) )?from ")
+    assert not list((server.config_dir / "queue" / "incoming").iterdir())
+
+
+def test_implicit_tls_service(postwall_factory, certs):
+    port = peers.free_port()
+    server = postwall_factory(
+        params=_tls_params(certs),
+        extra_services=[f"127.0.0.1:{port} inet n - n - - smtpd -o smtpd_tls_wrappermode=yes"],
+    )
+    with smtplib.SMTP_SSL("127.0.0.1", port, timeout=10, context=_client_ctx()) as s:
+        code, features = s.ehlo("x")
+        assert code == 250
+        assert b"STARTTLS" not in features
+        s.sendmail("a@example.org", ["root@localhost"], b"Subject: w\r\n\r\nwrapped\r\n")
+    [msg] = peers.wait_maildir(server.maildir("root"))
+    assert b"with ESMTPS id" in msg
+    assert server.port  # the STARTTLS service runs beside it
+
+
+def test_sighup_reloads_without_dropping_sessions(postwall_factory):
+    server = postwall_factory(params={"smtpd_banner": "$myhostname ESMTP first"})
+    open_session = Raw(server.port)
+    assert open_session.banner == "220 postwall.test ESMTP first"
+    open_session.send(b"EHLO x\r\n")
+    open_session.reply()
+    main_cf = server.config_dir / "main.cf"
+    main_cf.write_text(main_cf.read_text().replace("ESMTP first", "ESMTP second"))
+    import os
+
+    os.kill(server.pid, signal.SIGHUP)
+    server.wait_log(r"master\[\d+\]: reload")
+    assert Raw(server.port).banner == "220 postwall.test ESMTP second"
+    open_session.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<root@localhost>\r\nDATA\r\n")
+    open_session.replies(3)
+    open_session.send(b"Subject: across reload\r\n\r\nstill here\r\n.\r\n")
+    assert open_session.reply().startswith("250 2.0.0 Ok: queued as")
+    peers.wait_maildir(server.maildir("root"))
+
+
+def test_bad_configuration_names_file_and_line(tmp_path: Path):
+    import subprocess
+    import sys
+
+    (tmp_path / "main.cf").write_text("myhostname = x.example\nsmtpd_timeout = 5x\n")
+    (tmp_path / "master.cf").write_text("127.0.0.1:2 inet n - n - - smtpd\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "postwall", "start", "-c", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**__import__("os").environ, "PYTHONPATH": str(peers.SRC)},
+    )
+    assert proc.returncode != 0
+    assert f"{tmp_path}/main.cf:2: smtpd_timeout" in proc.stderr
+    assert "Traceback" not in proc.stderr
