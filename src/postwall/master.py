@@ -120,12 +120,23 @@ def local_agent(params: Params) -> AgentFn:
                 mail_spool_directory=params.mail_spool_directory,
                 recipient_delimiter=params.recipient_delimiter,
                 original=rcpt.original,
+                stable_name=_maildir_name(msg, index),
             )
         except LocalDeliveryNotSupported as exc:
             result = DeliveryResult("deferred", "4.3.0", str(exc))
         return AgentResult(result, relay="local", xfer_time=time.time() - started)
 
     return deliver
+
+
+def _maildir_name(msg: QueuedMessage, index: int) -> str:
+    """The same Maildir name on every attempt for one message and recipient."""
+    env = msg.envelope
+    arrival_us = int(env.arrival_time * 1_000_000)
+    return f"{arrival_us // 1_000_000}.Q{env.queue_id}R{index}M{arrival_us % 1_000_000}.{_HOST}"
+
+
+_HOST = socket.gethostname().split(".")[0].replace("/", "\\057").replace(":", "\\072")
 
 
 async def discard_agent(msg: QueuedMessage, index: int, dest: Destination) -> AgentResult:

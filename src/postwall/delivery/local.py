@@ -138,8 +138,14 @@ def deliver(
     maildir: Path,
     delivered_to: str | None = None,
     original: str = "",
+    stable_name: str | None = None,
 ) -> DeliveryResult:
-    """Deliver one copy into `maildir` (with trailing-slash semantics: a directory)."""
+    """Deliver one copy into `maildir` (with trailing-slash semantics: a directory).
+
+    `stable_name`, when given, is the file's name in new/ and must be the same on every
+    attempt for this message and recipient: a retry after a crash that happened between
+    the link into new/ and the queue manager's record of it then finds the file there and
+    does not deliver a second copy (Postfix would)."""
     maildir = Path(maildir)
     tmpdir, newdir = maildir / "tmp", maildir / "new"
     now = time.time()
@@ -170,9 +176,13 @@ def deliver(
     except OSError as exc:
         _unlink_quietly(tmpfile)
         return _failed(exc, "5.3.0", "error writing message")
-    newfile = newdir / f"{sec}.V{st.st_dev:x}I{st.st_ino:x}M{usec}.{host}"
+    newfile = newdir / (stable_name or f"{sec}.V{st.st_dev:x}I{st.st_ino:x}M{usec}.{host}")
     try:
-        os.link(tmpfile, newfile)
+        try:
+            os.link(tmpfile, newfile)
+        except FileExistsError:
+            if stable_name is None:
+                raise
         fsutil.fsync_dir(newdir)
     except OSError as exc:
         _unlink_quietly(tmpfile)
@@ -244,6 +254,7 @@ def deliver_local(
     mail_spool_directory: str,
     recipient_delimiter: str = "",
     original: str = "",
+    stable_name: str | None = None,
 ) -> DeliveryResult:
     """Resolve `recipient` and deliver it, as the user when we are root."""
     target = resolve_mailbox(
@@ -255,12 +266,18 @@ def deliver_local(
     if isinstance(target, DeliveryResult):
         return target
     if os.geteuid() != 0 or target.uid == 0:
-        return deliver(message, recipient, maildir=target.maildir, original=original)
-    return _deliver_as(target, message, recipient, original)
+        return deliver(
+            message, recipient, maildir=target.maildir, original=original, stable_name=stable_name
+        )
+    return _deliver_as(target, message, recipient, original, stable_name)
 
 
 def _deliver_as(
-    target: Mailbox, message: MessageSource, recipient: str, original: str
+    target: Mailbox,
+    message: MessageSource,
+    recipient: str,
+    original: str,
+    stable_name: str | None,
 ) -> DeliveryResult:
     """Fork, drop to the user's ids, deliver, report the result through a pipe."""
     rfd, wfd = os.pipe()
@@ -273,7 +290,13 @@ def _deliver_as(
             os.setgid(target.gid)
             os.setuid(target.uid)
             os.umask(0o077)
-            r = deliver(message, recipient, maildir=target.maildir, original=original)
+            r = deliver(
+                message,
+                recipient,
+                maildir=target.maildir,
+                original=original,
+                stable_name=stable_name,
+            )
             fsutil.write_all(wfd, f"{r.status}\0{r.dsn}\0{r.text}".encode("utf-8", "replace"))
             code = 0
         finally:
