@@ -347,3 +347,28 @@ def test_bad_configuration_names_file_and_line(tmp_path: Path):
     assert proc.returncode != 0
     assert f"{tmp_path}/main.cf:2: smtpd_timeout" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_dsn_parameters_are_kept_with_the_message(postwall_factory):
+    """RET, ENVID, NOTIFY and ORCPT survive into the queue file (RFC 3461)."""
+    from postwall.queue.store import QueueStore
+
+    server = postwall_factory()
+    c = Raw(server.port)
+    c.send(
+        b"EHLO x\r\nMAIL FROM:<a@example.org> RET=HDRS ENVID=QQ+2Bx\r\n"
+        b"RCPT TO:<far@remote.example> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;far+2Bx@remote.example\r\n"
+        b"DATA\r\n"
+    )
+    assert c.replies(4)[3].startswith("354")
+    c.send(b"Subject: dsn\r\n\r\nkept\r\n.\r\n")
+    qid = c.reply().rsplit(" ", 1)[1]
+    # No outbound transport yet: the message waits in deferred/, never dropped.
+    server.wait_log(rf"{qid}: to=<far@remote\.example>, relay=none, .*status=deferred")
+    store = QueueStore(server.config_dir / "queue")
+    with store.load_sync(qid) as msg:
+        env = msg.envelope
+    assert (env.ret, env.envid) == ("HDRS", "QQ+x")
+    [rcpt] = env.recipients
+    assert rcpt.notify == frozenset({"SUCCESS", "DELAY"})
+    assert rcpt.orcpt == "rfc822;far+x@remote.example"

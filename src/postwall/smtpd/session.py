@@ -308,7 +308,8 @@ class SmtpSession(asyncio.Protocol):
             recipients=[
                 Recipient(
                     address=self.svc.resolver.qualify(r.address),
-                    orcpt=r.params.orcpt or "",
+                    # RFC 3461 4.2: kept as "addr-type;address" (xtext-decoded).
+                    orcpt=";".join(r.params.orcpt) if r.params.orcpt else "",
                     notify=frozenset(r.params.notify or ()),
                     original=r.address,
                 )
