@@ -97,6 +97,15 @@ def build_smtpd_services(config: Config, log: MailLog, cleanup: Cleanup) -> dict
         )
     if problems:
         raise StartupError(problems)
+    for service in services.values():
+        if service.tls is not None:
+            # As Postfix's smtpd logs when its TLS engine starts, with what it noticed
+            # (a private key readable by others, an unusable setting...).
+            log.info("smtpd", f"initializing the server-side TLS engine for {service.name}")
+            for warning in service.tls.warnings:
+                log.warning("smtpd", f"{service.name}: {warning}")
+            if service.tls.seed is not None:
+                log.info("smtpd", f"tls_random_source: {service.tls.seed.describe()}")
     return services
 
 

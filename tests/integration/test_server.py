@@ -372,3 +372,27 @@ def test_dsn_parameters_are_kept_with_the_message(postwall_factory):
     [rcpt] = env.recipients
     assert rcpt.notify == frozenset({"SUCCESS", "DELAY"})
     assert rcpt.orcpt == "rfc822;far+x@remote.example"
+
+
+def test_sighup_reloads_certificates(postwall_factory, certs):
+    import os
+
+    server = postwall_factory(params=_tls_params(certs))
+
+    def presented_cn() -> str:
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as s:
+            s.starttls(context=_client_ctx())
+            der = s.sock.getpeercert(binary_form=True)
+        from cryptography import x509
+
+        cert = x509.load_der_x509_certificate(der)
+        return cert.subject.rfc4514_string()
+
+    assert presented_cn() == "CN=localhost"
+    main_cf = server.config_dir / "main.cf"
+    text = main_cf.read_text()
+    text = text.replace(str(certs.server_cert), str(certs.mx_cert))
+    main_cf.write_text(text.replace(str(certs.server_key), str(certs.mx_key)))
+    os.kill(server.pid, signal.SIGHUP)
+    server.wait_log(r"master\[\d+\]: reload")
+    assert presented_cn() == f"CN={certs.MX_NAME}"
