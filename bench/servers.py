@@ -13,7 +13,7 @@ started with a configurable command. Both get an equivalent main.cf: loopback
 only, mynetworks=127.0.0.0/8, TLS offered (level may) with a generated
 certificate, ticket/session cache as in Postfix's TLS how-to, and every
 recipient delivered by the `discard` transport (no mailbox writes), so the
-figures compare SMTP + queue work only.
+figures compare SMTP, TLS, queue and logging work, not mailbox writing.
 
 Failures raise `BenchError` with a one-line message; nothing here retries
 forever: every wait has a time limit. Called by bench/run.py.
@@ -242,6 +242,8 @@ def make_certs(directory: Path, key_type: str = "rsa2048") -> CertSet:
 def common_params(certs: CertSet, process_limit: int) -> dict[str, str]:
     """main.cf settings shared by both servers (the comparison's fixed point)."""
     return {
+        # postmulti writes 3.7; below level 1 the relay defaults are empty.
+        "compatibility_level": "3.7",
         "myhostname": "bench.localdomain",
         "mydestination": "localhost",
         "inet_interfaces": "127.0.0.1",
@@ -274,6 +276,31 @@ class Server:
     port: int
     root: int | None = None
     notes: list[str] = field(default_factory=list)
+    log_file: Path | None = None
+
+    def log_size(self) -> int:
+        try:
+            return self.log_file.stat().st_size if self.log_file else 0
+        except OSError:
+            return 0
+
+    def delivery_counts(self, offset: int) -> dict[str, int]:
+        """Delivery outcomes logged since `offset`: a cross-check that every
+        250 became a delivery (`status=sent`) and nothing else was logged."""
+        counts: dict[str, int] = {}
+        if self.log_file is None:
+            return counts
+        try:
+            with open(self.log_file, "rb") as fh:
+                fh.seek(offset)
+                for line in fh:
+                    at = line.find(b" status=")
+                    if at >= 0:
+                        status = line[at + 8 :].split(b" ", 1)[0].decode(errors="replace")
+                        counts[status] = counts.get(status, 0) + 1
+        except OSError:
+            pass
+        return counts
 
     def pids(self) -> list[int]:
         return process_tree(self.root) if self.root else []
@@ -321,6 +348,7 @@ class PostfixBench(Server):
         cf = ["postconf", "-c", str(POSTFIX_CONFIG)]
         params = common_params(self.certs, self.process_limit)
         params["maillog_file"] = f"/var/log/{POSTFIX_INSTANCE}.log"
+        self.log_file = Path(params["maillog_file"])
         params["master_service_disable"] = ""  # `postmulti create` disables inet
         _run([*cf, "-e", *(f"{k}={v}" for k, v in params.items())])
         # One smtpd listener on our loopback port, nothing on port 25; no
@@ -447,6 +475,20 @@ class PostwallServer(Server):
         self.config_dir = config_dir or workdir / "postwall-etc"
         if not self.given_config:
             self._write_config(workdir, certs, process_limit)
+        else:
+            self.log_file = self._given_log_file()
+
+    def _given_log_file(self) -> Path | None:
+        """maillog_file from a given main.cf (last setting wins, as in Postfix)."""
+        found = None
+        try:
+            for line in (self.config_dir / "main.cf").read_text().splitlines():
+                name, eq, value = line.partition("=")
+                if eq and name.strip() == "maillog_file" and not line[:1].isspace():
+                    found = Path(value.strip()) if value.strip() else None
+        except OSError:
+            return None
+        return found
 
     def _write_config(self, workdir: Path, certs: CertSet, process_limit: int) -> None:
         self.config_dir.mkdir(parents=True, exist_ok=True)
@@ -458,6 +500,7 @@ class PostwallServer(Server):
         params["queue_directory"] = str(workdir / "postwall-spool")
         params["data_directory"] = str(workdir / "postwall-data")
         params["maillog_file"] = str(workdir / "postwall.log")
+        self.log_file = Path(params["maillog_file"])
         for key in ("queue_directory", "data_directory"):
             Path(params[key]).mkdir(parents=True, exist_ok=True)
         main = "".join(f"{k} = {v}\n" for k, v in params.items())

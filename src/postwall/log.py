@@ -38,17 +38,15 @@ Format decisions (with evidence)
   (``timestamp_style="postlog"``); ``"syslog"`` gives the space-padded one.
   pflogsumm (``^(...) {1,2}(\\d{1,2})``) and fail2ban read both.
 * Host: the first label of myhostname only, as msg_logger.c.
-* Default ``syslog_name`` is ``postfix``, deliberately not ``postwall``:
-  pflogsumm only recognises ``postfix`` or its ``--syslog-name`` value
-  (``m#^(?:postfix|$syslogName)(?:/(?:smtps|submission))?/...#``), and
-  fail2ban's stock filter.d/postfix.conf requires
-  ``_daemon = postfix(-\\w+)?/\\w+(?:/smtp[ds])?``.  ``postwall`` would break
-  both unchanged; ``postfix-postwall`` would satisfy fail2ban but not
-  pflogsumm without ``--syslog-name``.  The cost: our lines look like
-  Postfix's (the pid and ``daemon started`` lines tell them apart), which
-  is exactly what log tooling needs from a drop-in replacement.  Multiple
-  instances use ``postfix-NAME`` like Postfix: fail2ban still matches,
-  pflogsumm then needs ``--syslog-name=postfix-NAME``, as it does for Postfix.
+* Default ``syslog_name`` is ``postfix-postwall``, Postfix's own naming for a
+  second instance (``postfix-NAME``).  fail2ban's stock filter.d/postfix.conf
+  (``_daemon = postfix(-\\w+)?/\\w+(?:/smtp[ds])?``) matches it unchanged, so
+  an existing jail keeps banning after a switch from Postfix; the lines still say
+  which MTA wrote them (``postfix-postwall/smtpd[pid]``), which matters on a host
+  running both.  pflogsumm reads it with its multi-instance option
+  ``--syslog-name=postfix-postwall`` (it only recognises ``postfix`` or that
+  value: ``m#^(?:postfix|$syslogName)(?:/(?:smtps|submission))?/...#``).
+  ``syslog_name = postfix`` makes pflogsumm work with no option at all.
 
 Callers: master.py builds one MailLog from the configuration; every daemon
 logs through ``log.service(name)``.  The trace channel (``log.trace``) is for
@@ -66,7 +64,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-DEFAULT_SYSLOG_NAME = "postfix"
+DEFAULT_SYSLOG_NAME = "postfix-postwall"
 MAX_TEXT = 2000  # msg_logger.c MSG_LOGGER_RECLEN
 SYSLOG_SOCKET = "/dev/log"
 LOG_MAIL = 2  # syslog facility "mail"

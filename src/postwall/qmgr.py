@@ -129,8 +129,7 @@ class QueueManager:
 
     async def _deliver_message(self, qid: str, state: State) -> None:
         try:
-            await self._store.move(qid, state, "active")
-            msg = await self._store.load(qid, "active")
+            msg = await asyncio.to_thread(self._activate, qid, state)
         except CorruptQueueFile as exc:
             self._log.warning("qmgr", logfmt.corrupt_queue_file(qid, str(exc)))
             await self._store.quarantine(qid, str(exc))
@@ -144,6 +143,7 @@ class QueueManager:
                     "qmgr", logfmt.queue_active(qid, env.sender, env.size, len(env.recipients))
                 )
             deferred = False
+            done: dict[RcptStatus, list[int]] = {RcptStatus.SENT: [], RcptStatus.BOUNCED: []}
             for index in pending:
                 recipient = env.recipients[index]
                 dest = self._resolver.destination(recipient.address)
@@ -166,16 +166,27 @@ class QueueManager:
                     deferred = True
                     continue
                 status = RcptStatus.SENT if outcome.result.status == "sent" else RcptStatus.BOUNCED
-                await self._store.mark_recipients(qid, [index], status, "active")
+                done[status].append(index)
         if deferred:
+            # Only a message that stays queued needs its finished recipients on record.
+            for status, indexes in done.items():
+                if indexes:
+                    await self._store.mark_recipients(qid, indexes, status, "active")
             age = time.time() - env.arrival_time
             delay = min(
                 max(age, self._params.minimal_backoff_time), self._params.maximal_backoff_time
             )
             await self._store.move(qid, "active", "deferred", next_attempt=time.time() + delay)
             return
-        await self._store.remove(qid, "active")
+        await self._store.remove(qid, "active", durable=False)
         self._log.info("qmgr", logfmt.removed(qid))
+
+    def _activate(self, qid: str, state: State) -> QueuedMessage:
+        """incoming/deferred -> active, then load.  The rename need not be durable:
+        after a crash start-up scans both states again."""
+        if state != "active":
+            self._store.move_sync(qid, state, "active", durable=False)
+        return self._store.load_sync(qid, "active")
 
     def _log_outcome(
         self,

@@ -2,9 +2,10 @@
 
 Proves: a private receiving Postfix takes mail from swaks over STARTTLS and delivers it to its
 Maildir; a private relaying Postfix hands mail to smtp-sink and, over TLS with a client
-certificate, to another Postfix; openssl s_client sees the test certificate; PostwallServer
-starts, stops, restarts and kills a real process; the CI rule turns interop skips into
-failures. If these fail, every interop test is suspect.
+certificate, to another Postfix (relaying into postwall is tests/interop/test_postwall_interop);
+openssl s_client sees the test certificate; the private copy of the reference Postfix answers
+like 127.0.0.1:25; PostwallServer starts, stops, restarts and kills a real process; the CI
+rule turns interop skips into failures. If these fail, every interop test is suspect.
 """
 
 from __future__ import annotations
@@ -136,22 +137,49 @@ REFERENCE_EHLO = [
 ]
 
 
-def ehlo_exchange(port: int) -> list[str]:
+REFERENCE_RCPT = [
+    "220 vm ESMTP Postfix (Debian/GNU)",
+    "250 vm",
+    "250 2.1.0 Ok",
+    "550 5.1.1 <nosuchuser@localhost>: Recipient address rejected: User unknown in local "
+    "recipient table",
+    "250 2.1.5 Ok",
+    "550 5.1.1 <x@far.example>: Recipient address rejected: reference instance: no outbound mail",
+    "250 2.0.0 Ok",
+    "221 2.0.0 Bye",
+]
+
+
+def exchange(port: int, commands: list[str]) -> list[str]:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(b"EHLO client.postwall.test\r\nQUIT\r\n")
+        s.sendall("".join(f"{c}\r\n" for c in commands).encode())  # Postfix pipelines them
         data = b""
         while chunk := s.recv(4096):
             data += chunk
     return data.decode().splitlines()
 
 
+EHLO = ["EHLO client.postwall.test", "QUIT"]
+RCPTS = [
+    "HELO client.postwall.test",
+    "MAIL FROM:<a@b.test>",
+    "RCPT TO:<nosuchuser@localhost>",
+    "RCPT TO:<root@localhost>",
+    "RCPT TO:<x@far.example>",
+    "RSET",
+    "QUIT",
+]
+
+
 def test_reference_copy_answers_like_the_reference(
     reference_postfix: peers.PostfixInstance,
 ) -> None:
-    # What the dev machine's reference on 127.0.0.1:25 answers (recorded from it).
-    assert ehlo_exchange(reference_postfix.port) == REFERENCE_EHLO
-    if peers.port_open("127.0.0.1", 25) and peers.in_ci() is False:
-        assert ehlo_exchange(25) == REFERENCE_EHLO
+    # Recorded from the dev machine's reference on 127.0.0.1:25, and compared live there.
+    assert exchange(reference_postfix.port, EHLO) == REFERENCE_EHLO
+    assert exchange(reference_postfix.port, RCPTS) == REFERENCE_RCPT
+    if peers.port_open("127.0.0.1", 25) and not peers.in_ci():
+        assert exchange(25, EHLO) == REFERENCE_EHLO
+        assert exchange(25, RCPTS) == REFERENCE_RCPT
 
 
 # --- PostwallServer, against a stand-in for `python3 -m postwall start` ---------------------

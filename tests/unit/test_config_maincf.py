@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import subprocess
 from pathlib import Path
 
@@ -91,7 +92,7 @@ EXPANSIONS = [
     ("${{a}=={a}?{Y}}", "Y"),
     ("${{a}=={a}?Y:N}", "Y:N"),
     ("${empty?{set}:{unset}} ${empty:dflt}", "unset dflt"),
-    ("$mail_name/$a1", "Postfix/x"),
+    ("$mail_name/$a1", "postwall/x"),
 ]
 
 
@@ -109,7 +110,8 @@ def test_expansion(expr: str, expected: str) -> None:
 @pytest.mark.interop
 def test_expansion_matches_postconf(tmp_path: Path) -> None:
     dirs = [
-        write(tmp_path / str(i), f"a1 = x\nempty =\nmyorigin = {expr}\n")
+        # mail_name set as postwall's default, so both sides expand it alike.
+        write(tmp_path / str(i), f"a1 = x\nempty =\nmail_name = postwall\nmyorigin = {expr}\n")
         for i, (expr, _) in enumerate(EXPANSIONS)
     ]
     reals = real_postconf_many([(d, ("-xh", "myorigin")) for d in dirs])
@@ -225,7 +227,7 @@ def test_registry_defaults_equal_an_empty_main_cf(tmp_path: Path) -> None:
 
 
 def test_compatibility_level_drives_expression_defaults() -> None:
-    old, new = default_params(), default_params(compatibility_level="3.6")
+    old, new = default_params(compatibility_level="0"), default_params()
     assert (old.mynetworks_style, new.mynetworks_style) == ("subnet", "host")
     assert old.relay_domains == old.mydestination and new.relay_domains == ()
     assert new.smtpd_relay_restrictions == (
@@ -248,7 +250,7 @@ def test_hostname_and_domain_derive_from_each_other() -> None:
     p = default_params(myhostname="mail.example.com")
     assert p.mydomain == "example.com"
     assert p.mydestination == ("mail.example.com", "localhost.example.com", "localhost")
-    assert p.smtpd_banner == "mail.example.com ESMTP Postfix"
+    assert p.smtpd_banner == "mail.example.com ESMTP postwall"
     q = default_params(mydomain="example.org")
     if "." not in P.SHORT_HOSTNAME:
         assert q.myhostname == f"{P.SHORT_HOSTNAME}.example.org"
@@ -331,3 +333,38 @@ def test_keyword_values_are_checked_and_lowered(tmp_path: Path) -> None:
         f'{m}:1: smtpd_tls_security_level: invalid value "verify" '
         '(expected one of: "", none, may, encrypt)',
     ]
+
+
+def _random_expression(rnd: random.Random, depth: int = 0) -> str:
+    """Balanced macro text over a few names; every construct the expander supports."""
+    if depth > 3 or rnd.random() < 0.25:
+        return rnd.choice(["x", " ", "y z", "", ":", "?", "w", "3", "10", "3.6"])
+    name = rnd.choice(["a1", "empty", "zz", "mail_name", "biff"])
+    sub = lambda: _random_expression(rnd, depth + 1)  # noqa: E731
+    kind = rnd.randrange(8)
+    if kind == 0:
+        return rnd.choice([f"${name}", f"${{{name}}}", f"$({name})"])
+    if kind == 1:
+        return f"${{{name}{rnd.choice('?:')}{sub()}}}"
+    if kind == 2:
+        return f"${{{name}?{{{sub()}}}:{{{sub()}}}}}"
+    if kind == 3:
+        return f"${{{name}:{{{sub()}}}}}"
+    if kind == 4:
+        op = rnd.choice(["==", "!=", "<", "<=", ">", ">="])
+        return f"${{{{{sub()}}} {op} {{{sub()}}} ? {{{sub()}}} : {{{sub()}}}}}"
+    return sub() + sub()
+
+
+@pytest.mark.interop
+def test_random_expressions_match_postconf(tmp_path: Path) -> None:
+    rnd = random.Random(20240304)
+    exprs = [e for e in (_random_expression(rnd) for _ in range(60)) if e.strip()]
+    dirs = [
+        write(tmp_path / str(i), f"a1 = x\nempty =\nmail_name = postwall\nmyorigin = {e}\n")
+        for i, e in enumerate(exprs)
+    ]
+    reals = real_postconf_many([(d, ("-xh", "myorigin")) for d in dirs])
+    for expr, real in zip(exprs, reals, strict=True):
+        ours = _expander("a1 = x\nempty =\n").expand(expr)
+        assert " ".join(ours.split()) == real.rstrip("\n"), expr

@@ -129,7 +129,7 @@ def test_service_params_see_overrides_and_main_cf(tmp_path: Path) -> None:
     cfg = load(d)
     smtp, sub = cfg.services
     assert cfg.warnings == []
-    assert smtp.params.smtpd_banner == "mx.example.com ESMTP postfix"
+    assert smtp.params.smtpd_banner == "mx.example.com ESMTP postfix-postwall"
     assert smtp.maxproc == 7
     assert sub.params.syslog_name == "postfix/submission"
     assert sub.params.smtpd_banner == "sub.example.com ESMTP postfix/submission"

@@ -17,7 +17,9 @@ from postwall.config.postfix_names import is_postfix_parameter
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "config" / "postconf-d.txt"
 # Host-dependent defaults (and process_* which postconf computes at run time) are left out.
-SELECTION = sorted(n for n in P.FIELDS if n not in P.HOST_DEPENDENT and not P.is_postwall_only(n))
+SELECTION = sorted(
+    n for n in P.FIELDS if n not in P.HOST_DEPENDENT | P.DELIBERATE and not P.is_postwall_only(n)
+)
 KIND_TYPES = {"str": str, "int": int, "bool": bool, "time": float, "list": tuple[str, ...]}
 
 

@@ -33,8 +33,10 @@ def _log(tmp_path: Path, **kw: object) -> tuple[MailLog, Path]:
     return log, path
 
 
-def test_default_syslog_name_is_postfix() -> None:
-    assert DEFAULT_SYSLOG_NAME == "postfix"
+def test_default_syslog_name_is_a_postfix_instance_name() -> None:
+    # fail2ban's stock _daemon regex, postfix(-\w+)?/\w+, must match our lines unchanged.
+    assert re.fullmatch(r"postfix(-\w+)?", DEFAULT_SYSLOG_NAME)
+    assert DEFAULT_SYSLOG_NAME == "postfix-postwall"
 
 
 def test_prefix_postlog_style(tmp_path: Path) -> None:
@@ -82,7 +84,7 @@ def test_real_clock_and_pid(tmp_path: Path) -> None:
     log.info("smtpd", "hello")
     line = path.read_text()
     assert re.fullmatch(
-        r"[A-Z][a-z]{2} \d\d \d\d:\d\d:\d\d host postfix/smtpd\[(\d+)\]: hello\n", line
+        r"[A-Z][a-z]{2} \d\d \d\d:\d\d:\d\d host postfix-postwall/smtpd\[(\d+)\]: hello\n", line
     )
     assert f"[{os.getpid()}]" in line
 

@@ -7,8 +7,8 @@ conversion rules (time unit, integer bounds, list separators) and `verbatim` (a 
 parameter, not `$`-expanded at load time: its user expands it per message).
 `convert()` turns an expanded value text into the field's Python value or raises
 `ValueError` with a message ready to follow `file:line: name: `. Field defaults are
-the effective values of an empty main.cf (compatibility_level 0, evaluated as Postfix
-does); where the raw default is an expression, the effective value is written next to
+the effective values of an empty main.cf, evaluated as Postfix does but at
+postwall's default compatibility_level 3.7 (Postfix's is 0; see DELIBERATE); where the raw default is an expression, the effective value is written next to
 it and a unit test checks that the expansion engine (maincf.py) agrees. Called by
 maincf.py, postconf.py and, through `Config.params`, by every daemon.
 """
@@ -38,6 +38,10 @@ DOMAIN = HOSTNAME.split(".", 1)[1]
 DEFAULT_MYNETWORKS = "127.0.0.0/8 [::1]/128"
 # Defaults that depend on the host; `postconf -d` prints them computed, not as text.
 HOST_DEPENDENT = frozenset({"myhostname", "mydomain", "mynetworks"})
+# Defaults postwall sets differently from `postconf -d`, on purpose (docs/status.md):
+# current (3.7) defaults rather than backwards-compatible ones, its own name, and a
+# listen backlog for a single process that holds every connection.
+DELIBERATE = frozenset({"compatibility_level", "mail_name", "syslog_name"})
 
 
 def split_list(text: str, sep: str = LIST_SEP) -> tuple[str, ...]:
@@ -206,11 +210,11 @@ class Params:
     mynetworks: tuple[str, ...] = _l(
         DEFAULT_MYNETWORKS, "Trusted client networks (postwall default: loopback only)."
     )
-    # compatibility_level 0 < 2, so Postfix evaluates this to "subnet".
+    # Effective values below are those of postwall's compatibility_level 3.7.
     mynetworks_style: str = _s(
         "${{$compatibility_level} <level {2} ? {subnet} : {host}}",
         "How mynetworks is computed when not set: host, subnet or class.",
-        "subnet",
+        "host",
     )
     inet_interfaces: tuple[str, ...] = _l("all", "Addresses on which to receive mail.")
     inet_protocols: tuple[str, ...] = _l(
@@ -219,7 +223,7 @@ class Params:
     relay_domains: tuple[str, ...] = _l(
         "${{$compatibility_level} <level {2} ? {$mydestination} : {}}",
         "Destination domains this system relays mail to.",
-        (HOSTNAME, f"localhost.{DOMAIN}", "localhost"),
+        (),
     )
     relayhost: str = _s("", "Next-hop destination of non-local mail.")
     transport_maps: tuple[str, ...] = _l("", "Lookup tables: recipient to transport:nexthop.")
@@ -250,22 +254,24 @@ class Params:
     mailq_path: str = _s("/usr/bin/mailq", "Full path of the mailq command.")
     setgid_group: str = _s("postdrop", "Group of the mail submission programs.")
     mail_owner: str = _s("postfix", "Owner of the queue and most daemon processes.")
-    mail_name: str = _s("Postfix", "Mail system name in banners and bounces.")
+    mail_name: str = _s("postwall", "Mail system name in banners and bounces.")
     mail_version: str = _s("3.7.11", "Postfix version whose behaviour postwall follows.")
     multi_instance_name: str = _s("", "Optional instance name, used in syslog_name.")
     syslog_name: str = _s(
-        "${multi_instance_name?{$multi_instance_name}:{postfix}}",
-        "Prefix of mail log program names.",
-        "postfix",
+        "${multi_instance_name?{$multi_instance_name}:{postfix-postwall}}",
+        "Prefix of mail log program names (postwall: a Postfix multi-instance style name).",
+        "postfix-postwall",
     )
     maillog_file: str = _s("", "Log file written instead of syslog when set.")
-    compatibility_level: str = _s("0", "Backwards-compatibility level for defaults.")
+    compatibility_level: str = _s(
+        "3.7", "Backwards-compatibility level for defaults (postwall 3.7, Postfix 0)."
+    )
     stress: str = _s("", "Set to yes by master when the service is overloaded.")
     biff: bool = _b("yes", "Notify local biff service on delivery.")
     append_dot_mydomain: bool = _b(
         "${{$compatibility_level} <level {1} ? {yes} : {no}}",
         "Append .$mydomain to user@host addresses.",
-        True,
+        False,
     )
     readme_directory: str = _s("/usr/share/doc/postfix", "Location of README files.")
     soft_bounce: bool = _b("no", "Turn hard rejects and bounces into soft ones.")
@@ -279,7 +285,7 @@ class Params:
     smtputf8_enable: bool = _b(
         "${{$compatibility_level} <level {1} ? {no} : {yes}}",
         "Enable SMTPUTF8 support.",
-        False,
+        True,
     )
     hopcount_limit: int = _i("50", "Maximal number of Received: headers.", lo=1)
     header_size_limit: int = _i("102400", "Maximal size of one message header.", lo=1)
@@ -293,18 +299,17 @@ class Params:
     smtpd_banner: str = _s(
         "$myhostname ESMTP $mail_name",
         "Text after the 220 code in the greeting.",
-        f"{HOSTNAME} ESMTP Postfix",
+        f"{HOSTNAME} ESMTP postwall",
     )
     smtpd_client_restrictions: tuple[str, ...] = _l("", "Restrictions at connect time.")
     smtpd_helo_restrictions: tuple[str, ...] = _l("", "Restrictions on HELO/EHLO.")
     smtpd_sender_restrictions: tuple[str, ...] = _l("", "Restrictions on MAIL FROM.")
     smtpd_recipient_restrictions: tuple[str, ...] = _l("", "Restrictions on RCPT TO.")
-    # compatibility_level 0 < 1: Postfix's backwards-compatible default is empty.
     smtpd_relay_restrictions: tuple[str, ...] = _l(
         "${{$compatibility_level} <level {1} ? {} : "
         "{permit_mynetworks, permit_sasl_authenticated, defer_unauth_destination}}",
         "Relay-control restrictions on RCPT TO, before smtpd_recipient_restrictions.",
-        (),
+        ("permit_mynetworks", "permit_sasl_authenticated", "defer_unauth_destination"),
     )
     smtpd_data_restrictions: tuple[str, ...] = _l("", "Restrictions on DATA.")
     smtpd_end_of_data_restrictions: tuple[str, ...] = _l("", "Restrictions after end of data.")
@@ -324,7 +329,7 @@ class Params:
     )
     smtpd_recipient_limit: int = _i("1000", "Recipients accepted per message.", lo=1)
     smtpd_listen_backlog: int = _i(
-        "100",
+        "4096",
         "postwall only: listen(2) backlog of inet services (Postfix has no parameter).",
         lo=1,
         postwall=True,
@@ -418,7 +423,7 @@ class Params:
     smtpd_tls_fingerprint_digest: str = _s(
         "${{$compatibility_level} <level {3.6} ? {md5} : {sha256}}",
         "Digest of certificate fingerprints.",
-        "md5",
+        "sha256",
     )
     smtpd_tls_protocols: tuple[str, ...] = _l(
         ">=TLSv1", "TLS protocols with opportunistic TLS.", sep=TLS_SEP
@@ -547,7 +552,7 @@ class Params:
     smtp_tls_fingerprint_digest: str = _s(
         "${{$compatibility_level} <level {3.6} ? {md5} : {sha256}}",
         "Digest of certificate fingerprints.",
-        "md5",
+        "sha256",
     )
     smtp_tls_verify_cert_match: tuple[str, ...] = _l("hostname", "Names matched at 'verify'.")
     smtp_tls_secure_cert_match: tuple[str, ...] = _l(

@@ -578,8 +578,12 @@ class QueueStore:
         to_state: State,
         *,
         next_attempt: float | None = None,
+        durable: bool = True,
     ) -> Path:
-        """Rename a queue file to another state; `next_attempt` sets atime/mtime first."""
+        """Rename a queue file to another state; `next_attempt` sets atime/mtime first.
+
+        `durable=False` skips the directory fsyncs: for moves whose loss in a crash is
+        harmless because both states are scanned again at start-up (incoming -> active)."""
         src, dst = self.path(from_state, queue_id), self.path(to_state, queue_id)
         if next_attempt is not None:
             os.utime(src, (next_attempt, next_attempt))
@@ -592,8 +596,9 @@ class QueueStore:
             if os.path.lexists(dst):
                 raise FileExistsError(f"{dst} already exists")
             os.rename(src, dst)
-            fsutil.fsync_dir(dst.parent)
-            fsutil.fsync_dir(src.parent)
+            if durable:
+                fsutil.fsync_dir(dst.parent)
+                fsutil.fsync_dir(src.parent)
         return dst
 
     async def move(
@@ -603,22 +608,31 @@ class QueueStore:
         to_state: State,
         *,
         next_attempt: float | None = None,
+        durable: bool = True,
     ) -> Path:
         return await asyncio.to_thread(
-            self.move_sync, queue_id, from_state, to_state, next_attempt=next_attempt
+            self.move_sync,
+            queue_id,
+            from_state,
+            to_state,
+            next_attempt=next_attempt,
+            durable=durable,
         )
 
-    def remove_sync(self, queue_id: str, state: State | None = None) -> None:
-        """Delete a queue file for good (all recipients done)."""
+    def remove_sync(self, queue_id: str, state: State | None = None, durable: bool = True) -> None:
+        """Delete a queue file for good (all recipients done).
+
+        Without the directory fsync (`durable=False`, as Postfix does) a power loss can
+        resurrect the file and its recipients are tried again: never lost, at worst twice."""
         _, path = self._find(queue_id, state)
         os.unlink(path)
-        # Without this a crash could resurrect the file and deliver it twice.
-        fsutil.fsync_dir(path.parent)
+        if durable:
+            fsutil.fsync_dir(path.parent)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path.with_name(queue_id + _REASON_SUFFIX))
 
-    async def remove(self, queue_id: str, state: State | None = None) -> None:
-        await asyncio.to_thread(self.remove_sync, queue_id, state)
+    async def remove(self, queue_id: str, state: State | None = None, durable: bool = True) -> None:
+        await asyncio.to_thread(self.remove_sync, queue_id, state, durable)
 
     def quarantine_sync(self, queue_id: str, reason: str, state: State | None = None) -> Path:
         """Move a bad file to corrupt/ and record why next to it (`<qid>.reason`)."""
