@@ -8,8 +8,9 @@ parameter, not `$`-expanded at load time: its user expands it per message).
 `convert()` turns an expanded value text into the field's Python value or raises
 `ValueError` with a message ready to follow `file:line: name: `. Field defaults are
 the effective values of an empty main.cf, evaluated as Postfix does but at
-postwall's default compatibility_level 3.7 (Postfix's is 0; see DELIBERATE); where the raw default is an expression, the effective value is written next to
-it and a unit test checks that the expansion engine (maincf.py) agrees. Called by
+postwall's default compatibility_level 3.7 (Postfix's is 0; see DELIBERATE); where
+the raw default is an expression, the effective value is written next to it and a
+unit test checks that the expansion engine (maincf.py) agrees. Called by
 maincf.py, postconf.py and, through `Config.params`, by every daemon.
 """
 
