@@ -55,6 +55,7 @@ debug_peer-style protocol traces and never writes secrets or message content.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
@@ -97,6 +98,11 @@ class _Sink:
         """``line`` is the full encoded line; ``text`` is ``tag[pid]: message``."""
         raise NotImplementedError
 
+    def write_many(self, lines: list[tuple[bytes, Severity, str]]) -> None:
+        """Several lines; stream sinks override this with one write(2)."""
+        for line, severity, text in lines:
+            self.write(line, severity, text)
+
     def reopen(self) -> None:
         """Default: nothing to reopen."""
 
@@ -121,6 +127,9 @@ class _FdSink(_Sink):
     def write(self, line: bytes, severity: Severity, text: str) -> None:
         _write_all(self.fd, line)
 
+    def write_many(self, lines: list[tuple[bytes, Severity, str]]) -> None:
+        _write_all(self.fd, b"".join(line for line, _, _ in lines))
+
 
 class _FileSink(_Sink):
     """maillog_file: append-only, reopened by path for logrotate."""
@@ -143,6 +152,9 @@ class _FileSink(_Sink):
             self.reopen()
         assert self.fd is not None
         _write_all(self.fd, line)
+
+    def write_many(self, lines: list[tuple[bytes, Severity, str]]) -> None:
+        self.write(b"".join(line for line, _, _ in lines), "info", "")
 
     def close(self) -> None:
         if self.fd is not None:
@@ -242,6 +254,9 @@ class MailLog:
         self._lock = threading.Lock()
         self._reopen_pending = False
         self._cached: tuple[int, str] = (-1, "")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._batch: list[tuple[Severity, str, str]] = []
         self.lost_lines = 0
         self.last_error: str | None = None
         self._unreported = 0
@@ -300,7 +315,25 @@ class MailLog:
             finally:
                 self._lock.release()
 
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Batch the lines logged from `loop`'s thread: they are written together at
+        the end of the loop iteration that logged them, one write(2) per sink instead
+        of one per line (a session logs about six lines per message).  A SIGKILL can
+        then lose the lines of the iteration under way, never an earlier one; lines
+        from other threads are still written at once."""
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+
+    def flush(self) -> None:
+        """Write the pending batch now (the loop calls this; so do stop and tests)."""
+        with self._lock:
+            batch, self._batch = self._batch, []
+            if batch:
+                self._write_batch(batch)
+
     def close(self) -> None:
+        self.flush()
+        self._loop = None
         with self._lock:
             for sink in self.sinks:
                 with contextlib.suppress(OSError):
@@ -345,24 +378,47 @@ class MailLog:
             self.lost_lines += 1
             self.last_error = f"format: {type(exc).__name__}: {exc}"
             return
+        if self._loop is not None and threading.get_ident() == self._loop_thread:
+            if not self._batch:
+                try:
+                    self._loop.call_soon(self.flush)
+                except RuntimeError:  # the loop is closed: write directly
+                    self._loop = None
+                    self._batch.append((severity, stamp, tagged))
+                    self.flush()
+                    return
+            self._batch.append((severity, stamp, tagged))
+            return
         with self._lock:
-            if self._reopen_pending:
-                self._do_reopen()
-            if self._unreported:
-                lost = f"maillog: {self._unreported} lines lost: {self.last_error}"
-                if self._write_sinks("warning", stamp, self._tagged("warning", service, lost)):
-                    self._unreported = 0
-            if not self._write_sinks(severity, stamp, tagged):
-                self.lost_lines += 1
-                self._unreported += 1
+            self._write_batch([(severity, stamp, tagged)])
 
-    def _write_sinks(self, severity: Severity, stamp: str, tagged: str) -> bool:
+    def _write_batch(self, batch: list[tuple[Severity, str, str]]) -> None:
+        """Write lines to every sink (the lock is held)."""
+        if self._reopen_pending:
+            self._do_reopen()
+        if self._unreported:
+            _, stamp, tagged = batch[0]
+            service = tagged.split("/", 1)[-1].split("[", 1)[0]
+            lost = f"maillog: {self._unreported} lines lost: {self.last_error}"
+            if self._write_sinks([("warning", stamp, self._tagged("warning", service, lost))]):
+                self._unreported = 0
+        if not self._write_sinks(batch):
+            self.lost_lines += len(batch)
+            self._unreported += len(batch)
+
+    def _write_sinks(self, batch: list[tuple[Severity, str, str]]) -> bool:
         """Write to every sink; False if any of them failed."""
-        data = f"{stamp} {self.hostname} {tagged}\n".encode("utf-8", "replace")
+        lines = [
+            (f"{stamp} {self.hostname} {tagged}\n".encode("utf-8", "replace"), severity, tagged)
+            for severity, stamp, tagged in batch
+        ]
         ok = True
         for sink in self.sinks:
             try:
-                sink.write(data, severity, tagged)
+                if len(lines) == 1:
+                    sink.write(*lines[0])
+                else:
+                    sink.write_many(lines)
             except OSError as exc:
                 self._fail(sink, exc)
                 ok = False

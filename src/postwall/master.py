@@ -30,12 +30,11 @@ from postwall.cleanup import Cleanup
 from postwall.config import Config, ConfigError, Service, load
 from postwall.config.network import Networks
 from postwall.config.params import Params
-from postwall.delivery import DeliveryResult, discard
-from postwall.delivery.local import LocalDeliveryNotSupported, deliver_local
+from postwall.delivery.agents import LocalAgent, discard_agent
 from postwall.log import MailLog
-from postwall.qmgr import AgentFn, AgentResult, QueueManager
-from postwall.queue.store import QueuedMessage, QueueStore
-from postwall.resolve import AddressResolver, Destination
+from postwall.qmgr import QueueManager
+from postwall.queue.store import QueueStore
+from postwall.resolve import AddressResolver
 from postwall.smtpd.restrictions import NotSupported, Restrictions
 from postwall.smtpd.session import SmtpdService, SmtpSession, core_settings
 from postwall.tls.policy import ServerTLS, TLSConfigError
@@ -116,42 +115,6 @@ def _server_tls(params: Params) -> ServerTLS | None:
     return tls
 
 
-def local_agent(params: Params) -> AgentFn:
-    async def deliver(msg: QueuedMessage, index: int, dest: Destination) -> AgentResult:
-        rcpt = msg.envelope.recipients[index]
-        started = time.time()
-        try:
-            result = await asyncio.to_thread(
-                deliver_local,
-                msg,
-                rcpt.address,
-                home_mailbox=params.home_mailbox,
-                mail_spool_directory=params.mail_spool_directory,
-                recipient_delimiter=params.recipient_delimiter,
-                original=rcpt.original,
-                stable_name=_maildir_name(msg, index),
-            )
-        except LocalDeliveryNotSupported as exc:
-            result = DeliveryResult("deferred", "4.3.0", str(exc))
-        return AgentResult(result, relay="local", xfer_time=time.time() - started)
-
-    return deliver
-
-
-def _maildir_name(msg: QueuedMessage, index: int) -> str:
-    """The same Maildir name on every attempt for one message and recipient."""
-    env = msg.envelope
-    arrival_us = int(env.arrival_time * 1_000_000)
-    return f"{arrival_us // 1_000_000}.Q{env.queue_id}R{index}M{arrival_us % 1_000_000}.{_HOST}"
-
-
-_HOST = socket.gethostname().split(".")[0].replace("/", "\\057").replace(":", "\\072")
-
-
-async def discard_agent(msg: QueuedMessage, index: int, dest: Destination) -> AgentResult:
-    return AgentResult(discard.deliver(dest.nexthop), relay="none")
-
-
 class Master:
     def __init__(self, config_dir: Path, *, stderr_log: bool = True) -> None:
         self.config_dir = config_dir
@@ -175,16 +138,21 @@ class Master:
             self.log = MailLog.from_params(params, stderr=self.stderr_log)
         except OSError as exc:
             raise StartupError([f"maillog_file = {params.maillog_file}: {exc}"]) from None
+        self.log.attach(asyncio.get_running_loop())
         for warning in config.warnings:
             self.log.warning("postwall", warning)
         self.store = QueueStore(Path(params.queue_directory))
-        resolver = AddressResolver.from_params(params)
+        try:
+            resolver = AddressResolver.from_params(params)
+            local = LocalAgent(params, resolver)
+        except ValueError as exc:  # a lookup table that cannot be opened
+            raise StartupError([f"{self.config_dir}/main.cf: {exc}"]) from None
         self.qmgr = QueueManager(
             params,
             self.store,
             self.log,
             resolver,
-            agents={"local": local_agent(params), "discard": discard_agent},
+            agents={"local": local, "discard": discard_agent},
         )
         self.cleanup = Cleanup(params, self.store, self.log, on_commit=self.qmgr.wake)
         services = build_smtpd_services(config, self.log, self.cleanup)
@@ -202,6 +170,7 @@ class Master:
         await self.stop_event.wait()
         self.log.info("master", logfmt.master_terminating(signal.SIGTERM))
         await self._shutdown(qmgr_task)
+        self.log.close()
 
     async def _listen(self, config: Config, services: dict[str, SmtpdService]) -> None:
         loop = asyncio.get_running_loop()

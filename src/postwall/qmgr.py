@@ -20,28 +20,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 from postwall import logfmt
 from postwall.config.params import Params
 from postwall.delivery import DeliveryResult
+from postwall.delivery.agents import Agent, AgentResult
 from postwall.log import MailLog
 from postwall.queue.records import CorruptQueueFile, RcptStatus
 from postwall.queue.store import QueuedMessage, QueueStore, State
-from postwall.resolve import AddressResolver, Destination
-
-# An agent delivers one recipient of a message and reports the outcome;
-# `relay` is what the log line's relay= field shows.
-AgentFn = Callable[[QueuedMessage, int, Destination], Awaitable["AgentResult"]]
-
-
-@dataclass(frozen=True, slots=True)
-class AgentResult:
-    result: DeliveryResult
-    relay: str
-    conn_time: float = 0.0  # the "c" part of delays=a/b/c/d
-    xfer_time: float = 0.0  # the "d" part
+from postwall.resolve import AddressResolver
 
 
 class QueueManager:
@@ -51,7 +38,7 @@ class QueueManager:
         store: QueueStore,
         log: MailLog,
         resolver: AddressResolver,
-        agents: dict[str, AgentFn],
+        agents: dict[str, Agent],
     ) -> None:
         self._params = params
         self._store = store

@@ -396,3 +396,62 @@ def test_sighup_reloads_certificates(postwall_factory, certs):
     os.kill(server.pid, signal.SIGHUP)
     server.wait_log(r"master\[\d+\]: reload")
     assert presented_cn() == f"CN={certs.MX_NAME}"
+
+
+def test_aliases_and_vrfy(postwall_factory):
+    """postmaster -> root through alias_maps (RFC 5321 4.5.1), VRFY as Postfix answers it."""
+    server = postwall_factory(
+        params={"alias_maps": "texthash:$config_directory/aliases"}, start=False
+    )
+    (server.config_dir / "aliases").write_text("postmaster: root\npipe: |/bin/cat\n")
+    server.start()
+    c = Raw(server.port)
+    c.send(b"EHLO x\r\nVRFY nosuch@localhost\r\nVRFY root\r\n")
+    c.reply()
+    assert c.reply() == (
+        "550 5.1.1 <nosuch@localhost>: Recipient address rejected: "
+        "User unknown in local recipient table"
+    )
+    assert c.reply() == "252 2.0.0 root"
+    c.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<postmaster>\r\nRCPT TO:<pipe@localhost>\r\n")
+    assert c.replies(3)[1:] == ["250 2.1.5 Ok", "250 2.1.5 Ok"]
+    c.send(b"DATA\r\n")
+    c.reply()
+    c.send(b"Subject: to the postmaster\r\n\r\nhello\r\n.\r\n")
+    qid = c.reply().rsplit(" ", 1)[1]
+    [msg] = peers.wait_maildir(server.maildir("root"))
+    assert b"X-Original-To: postmaster@postwall.test\nDelivered-To: root@postwall.test\n" in msg
+    # A pipe alias is not supported yet: the recipient waits in the queue, with the reason.
+    server.wait_log(rf"{qid}: to=<pipe@localhost>, .*status=deferred \(alias pipe: \|/bin/cat: not")
+
+
+def test_req_ccert_on_an_encrypt_service_from_master_cf(postwall_factory, certs):
+    """A second port from master.cf with -o overrides: encrypt + required client cert."""
+    port = peers.free_port()
+    server = postwall_factory(
+        params=_tls_params(certs),
+        extra_services=[
+            f"127.0.0.1:{port} inet n - n - - smtpd -o smtpd_tls_security_level=encrypt "
+            "-o smtpd_tls_req_ccert=yes"
+        ],
+    )
+    # The main port still takes mail without TLS.
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as s:
+        assert s.mail("a@example.org")[0] == 250
+    for cert, ok in (("client", True), ("selfsigned", False), (None, False)):
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
+            s.ehlo("x")
+            assert s.mail("a@example.org")[0] == 530
+            s.rset()
+            if ok:
+                s.starttls(context=_client_ctx(certs, cert))
+                s.ehlo("x")
+                assert s.mail("a@example.org")[0] == 250
+                continue
+            s.starttls(context=_client_ctx(certs, cert))
+            code, text = s.ehlo("x")
+            assert code == 421 and text.startswith(b"4.7.1 postwall.test Error: "), (code, text)
+            with pytest.raises(smtplib.SMTPServerDisconnected):
+                s.noop()
+    server.wait_log(r"NOQUEUE: abort: TLS from \S+: Client certificate not trusted")
+    server.wait_log(r"NOQUEUE: abort: TLS from \S+: No client certificate presented")

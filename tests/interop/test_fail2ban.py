@@ -131,7 +131,7 @@ def test_aggressive_mode_bans_failures_and_rejects(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("syslog_name", "matches"),
-    [("postfix", True), ("postfix-out", True), ("postwall", False)],
+    [("postfix", True), ("postfix-out", True), ("postfix-postwall", True), ("postwall", False)],
 )
 def test_syslog_name_decides(tmp_path: Path, syslog_name: str, matches: bool) -> None:
     # Evidence for DEFAULT_SYSLOG_NAME: the stock _daemon regex is

@@ -202,7 +202,8 @@ def test_grand_totals_match(tmp_path: Path, style: str) -> None:
     path = tmp_path / "maillog"
     s = _write(path, style=style)
     assert (s.received, s.delivered, s.deferred, s.bounced, s.rejected) == (6, 5, 1, 1, 2)
-    totals = pflogsumm_totals(path)
+    # pflogsumm's multi-instance option names our (Postfix-instance style) syslog_name.
+    totals = pflogsumm_totals(path, f"--syslog-name={DEFAULT_SYSLOG_NAME}")
     assert totals["received"] == s.received
     assert totals["delivered"] == s.delivered
     assert totals["forwarded"] == 0
@@ -221,6 +222,7 @@ def test_grand_totals_match(tmp_path: Path, style: str) -> None:
         ("postfix-out", None, False),
         ("postfix-out", "--syslog-name=postfix-out", True),
         ("postwall", None, False),
+        ("postfix-postwall", "--syslog-name=postfix-postwall", True),
     ],
 )
 def test_syslog_name_decides(
@@ -248,7 +250,8 @@ def test_raw_counts_agree(tmp_path: Path) -> None:
     sent = len(re.findall(rf" {prog}\w+\[\d+\]: \w+: to=<.*, status=sent ", text))
     # "warning: reject: ETRN ..." is a warning, not a rejected message.
     rejected = len(re.findall(rf" {prog}smtpd\[\d+\]: (?!warning)\w+: reject: ", text))
-    totals = pflogsumm_totals(path)
+    name = re.search(r" (postfix(?:-\w+)?)/\w+\[", text)
+    totals = pflogsumm_totals(path, f"--syslog-name={name.group(1) if name else 'postfix'}")
     assert totals["received"] == received
     assert totals["delivered"] == sent
     assert totals["rejected"] == rejected

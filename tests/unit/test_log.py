@@ -329,3 +329,34 @@ def test_any_text_is_exactly_one_line(tmp_path: Path, text: str) -> None:
     data = path.read_bytes()
     assert data.count(b"\n") == 1 and data.endswith(b"\n")
     assert data.decode() == log.format_line("info", "smtpd", text) + "\n"
+
+
+def test_lines_from_the_loop_are_batched_per_iteration(tmp_path: Path) -> None:
+    import asyncio
+
+    log, path = _log(tmp_path)
+    writes: list[int] = []
+    real = os.write
+
+    def counting_write(fd: int, data: bytes) -> int:
+        writes.append(fd)
+        return real(fd, data)
+
+    async def main() -> None:
+        log.attach(asyncio.get_running_loop())
+        for i in range(5):
+            log.info("smtpd", f"line {i}")
+        assert path.read_text() == ""  # not yet: the iteration is still running
+        await asyncio.sleep(0)
+        assert path.read_text().count("\n") == 5
+        # A line from another thread does not wait for the loop.
+        await asyncio.to_thread(log.info, "local", "from a thread")
+        assert path.read_text().count("\n") == 6
+
+    os.write = counting_write  # type: ignore[assignment]
+    try:
+        asyncio.run(main())
+    finally:
+        os.write = real  # type: ignore[assignment]
+    assert len(writes) == 2  # five lines in one write(2), then the thread's line
+    log.close()

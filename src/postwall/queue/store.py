@@ -343,10 +343,10 @@ class QueueStore:
                 spare = self._spares.popleft()
             except IndexError:
                 break
-            if self.locate(spare.queue_id) is None:
-                reservation = spare
-                break
-            self._discard_file(spare.tmp_path)
+            # Checked against every state when made; its temp file holds the inode the
+            # id is built from, so no live queue file can have taken the id since.
+            reservation = spare
+            break
         if self._spare_target:
             self._maybe_refill()
         if reservation is None:

@@ -158,6 +158,10 @@ class Restrictions:
             return self._unlisted_recipient(recipient)
         return None
 
+    def check_vrfy(self, address: str) -> Reply | None:
+        """VRFY gets the same local recipient check as RCPT (smtpd_reject_unlisted_recipient)."""
+        return self._unlisted_recipient(address) if self._unlisted else None
+
     def check_data(self, client: ClientState) -> Reply | None:
         return _as_reject(self._run(self.data, client, None, ("<DATA>", "Data command")))
 

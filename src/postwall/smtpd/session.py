@@ -311,7 +311,7 @@ class SmtpSession(asyncio.Protocol):
                     # RFC 3461 4.2: kept as "addr-type;address" (xtext-decoded).
                     orcpt=";".join(r.params.orcpt) if r.params.orcpt else "",
                     notify=frozenset(r.params.notify or ()),
-                    original=r.address,
+                    original=self.svc.resolver.qualify(r.address),
                 )
                 for r in env.recipients
             ],
@@ -371,7 +371,12 @@ class SmtpSession(asyncio.Protocol):
         self._start_tls()
 
     def on_vrfy(self, event: ev.Vrfy) -> None:
-        self.conn.accept()
+        # Postfix answers VRFY with its recipient lookup: 550 for an unknown local user.
+        reply = self.svc.restrictions.check_vrfy(self.svc.resolver.qualify(event.address))
+        if reply is not None:
+            self._reject("VRFY", reply, recipient=event.address)
+        else:
+            self.conn.accept()
 
     def on_etrn(self, event: ev.Etrn) -> None:
         self.conn.accept()
@@ -415,6 +420,20 @@ class SmtpSession(asyncio.Protocol):
         self.client.tls_trusted_cert = info.trust == "Trusted"
         for line in describe.after_handshake(info, self.svc.tls.loglevel):
             self.log.info("smtpd", line)
+        if self.svc.tls.required and self.svc.tls.req_ccert and info.trust != "Trusted":
+            # smtpd_tls_req_ccert: only a client whose certificate verifies may go on.
+            why = (
+                "Client certificate not trusted"
+                if info.cert_present
+                else ("No client certificate presented")
+            )
+            self.log.info("smtpd", logfmt.tls_abort(self.client.name, self.client.addr, why))
+            self.conn.close(Reply(421, "4.7.1", f"{self.params.myhostname} Error: {why}"))
+            self.started = True
+            self._flush()
+            self._log_end("")
+            self._close()
+            return
         self.conn.tls_established()
         if not self.started:
             self._greet()

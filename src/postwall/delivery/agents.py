@@ -1,0 +1,149 @@
+"""The delivery agents as the queue manager calls them: one recipient in, one result out.
+
+Who calls it: master builds the agents from the configuration and hands them to
+qmgr, which calls `agent(message, recipient_index, destination)`.
+
+The local agent follows Postfix's local(8) for what postwall supports: alias_maps
+first (the local part with its extension, then without), recursively, with loop
+protection; each alias target that is a local user gets a Maildir copy; targets
+postwall cannot deliver yet (files, commands, :include:, remote addresses) defer
+with a "not supported" reason, so nothing is lost and the log says why.  The Maildir
+file name is the same on every attempt for one message and recipient, so a retry
+after a crash, or after a partial alias delivery, never leaves a second copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+import zlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from postwall.config.params import Params
+from postwall.config.tables import Table, lookup_maps, open_maps
+from postwall.delivery import DeliveryResult, discard
+from postwall.delivery.local import LocalDeliveryNotSupported, deliver_local
+from postwall.queue.store import QueuedMessage
+from postwall.resolve import AddressClass, AddressResolver, Destination
+
+_MAX_ALIAS_DEPTH = 10
+# Maildir names must not contain "/" or ":" (the Maildir spec's escapes).
+_HOST = socket.gethostname().split(".")[0].replace("/", "\\057").replace(":", "\\072")
+
+
+@dataclass(frozen=True, slots=True)
+class AgentResult:
+    result: DeliveryResult
+    relay: str  # the relay= field of the log line
+    conn_time: float = 0.0  # the "c" part of delays=a/b/c/d
+    xfer_time: float = 0.0  # the "d" part
+
+
+Agent = Callable[[QueuedMessage, int, Destination], Awaitable[AgentResult]]
+
+
+def maildir_name(msg: QueuedMessage, index: int, target: str = "") -> str:
+    """The same Maildir name on every attempt for one message, recipient and target."""
+    env = msg.envelope
+    arrival_us = int(env.arrival_time * 1_000_000)
+    tag = f"R{index}" + (f"A{zlib.crc32(target.encode()):08x}" if target else "")
+    return f"{arrival_us // 1_000_000}.Q{env.queue_id}{tag}M{arrival_us % 1_000_000}.{_HOST}"
+
+
+class LocalAgent:
+    def __init__(self, params: Params, resolver: AddressResolver) -> None:
+        self._params = params
+        self._resolver = resolver
+        self._aliases: list[Table] = open_maps(
+            params.alias_maps, Path(params.config_directory), aliases=True
+        )
+
+    async def __call__(self, msg: QueuedMessage, index: int, dest: Destination) -> AgentResult:
+        rcpt = msg.envelope.recipients[index]
+        started = time.time()
+        result = await asyncio.to_thread(self._deliver, msg, index, rcpt.address, rcpt.original)
+        return AgentResult(result, relay="local", xfer_time=time.time() - started)
+
+    def _deliver(
+        self, msg: QueuedMessage, index: int, address: str, original: str
+    ) -> DeliveryResult:
+        targets, problem = self._expand(address)
+        if problem is not None:
+            return problem
+        results = [
+            self._deliver_one(msg, index, user, address, original, len(targets) > 1)
+            for user in targets
+        ]
+        for status in ("deferred", "bounced"):
+            for r in results:
+                if r.status == status:
+                    return r
+        return results[0]
+
+    def _deliver_one(
+        self, msg: QueuedMessage, index: int, user: str, address: str, original: str, many: bool
+    ) -> DeliveryResult:
+        p = self._params
+        try:
+            return deliver_local(
+                msg,
+                user,
+                home_mailbox=p.home_mailbox,
+                mail_spool_directory=p.mail_spool_directory,
+                recipient_delimiter=p.recipient_delimiter,
+                original=original or address,
+                stable_name=maildir_name(msg, index, user if many else ""),
+            )
+        except LocalDeliveryNotSupported as exc:
+            return DeliveryResult("deferred", "4.3.0", str(exc))
+
+    def _expand(self, address: str) -> tuple[list[str], DeliveryResult | None]:
+        """Local users an address resolves to through alias_maps; or why not."""
+        users: list[str] = []
+        seen: set[str] = set()
+
+        def walk(addr: str, depth: int) -> DeliveryResult | None:
+            local = self._resolver.local_user(addr).lower()
+            full = addr.rpartition("@")[0].lower() if "@" in addr else addr.lower()
+            if depth > _MAX_ALIAS_DEPTH:
+                return DeliveryResult("bounced", "5.4.6", f"alias expansion loop for {addr}")
+            value = None
+            if local not in seen:
+                value = lookup_maps(self._aliases, full) if full != local else None
+                if value is None:
+                    value = lookup_maps(self._aliases, local)
+            seen.add(local)
+            if value is None:
+                users.append(addr)
+                return None
+            for item in (t.strip() for t in value.split(",")):
+                if not item:
+                    continue
+                if item[0] in '|/"' or item.startswith(":include:"):
+                    return DeliveryResult(
+                        "deferred", "4.3.0", f"alias {local}: {item}: not supported by postwall yet"
+                    )
+                target = self._resolver.qualify(item)
+                if self._resolver.classify(target) is not AddressClass.LOCAL:
+                    return DeliveryResult(
+                        "deferred",
+                        "4.3.0",
+                        f"alias {local}: forwarding to {item} is not supported by postwall yet",
+                    )
+                if self._resolver.local_user(target).lower() == local:
+                    users.append(target)  # "root: root, x": the user itself, no recursion
+                    continue
+                problem = walk(target, depth + 1)
+                if problem is not None:
+                    return problem
+            return None
+
+        problem = walk(address, 0)
+        return users, problem
+
+
+async def discard_agent(msg: QueuedMessage, index: int, dest: Destination) -> AgentResult:
+    return AgentResult(discard.deliver(dest.nexthop), relay="none")
