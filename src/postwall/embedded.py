@@ -139,7 +139,9 @@ smtpd_tls_CAfile = {certs}/ca.crt
 smtpd_tls_loglevel = 1
 smtpd_tls_received_header = yes
 smtpd_tls_session_cache_timeout = 3600s
-smtpd_tls_session_cache_database = btree:$data_directory/smtpd_tls_session_cache
+# The how-to's on-disk cache: postwall keeps sessions and tickets in memory only, so
+# this is accepted with a warning; resumption works until a restart (docs/status.md).
+#smtpd_tls_session_cache_database = btree:$data_directory/smtpd_tls_session_cache
 tls_random_source = dev:/dev/urandom
 smtpd_tls_ask_ccert = yes
 smtpd_tls_req_ccert = no
