@@ -178,3 +178,19 @@ def test_pflogsumm_counts_a_real_run(postwall_factory, certs):
         for m in re.finditer(r"^\s+(\d+)\s+(received|delivered|rejected)\b", out, re.M)
     )
     assert counts == {"received": 3, "delivered": 3, "rejected": 1}, out
+
+
+def test_sslscan_at_the_howto_settings(howto_server):
+    """No SSLv2/SSLv3 and no NULL, anonymous, EXPORT, RC4 or MD5 suite, seen from outside."""
+    result = peers.run_tool(
+        ["sslscan", "--no-colour", "--starttls-smtp", f"127.0.0.1:{howto_server.port}"],
+        timeout=120,
+    )
+    out = result.stdout
+    assert re.search(r"^SSLv2\s+disabled", out, re.M), out
+    assert re.search(r"^SSLv3\s+disabled", out, re.M), out
+    assert re.search(r"^TLSv1\.3\s+enabled", out, re.M), out
+    accepted = re.findall(r"^(?:Preferred|Accepted)\s+\S+\s+\S+ bits\s+(\S+)", out, re.M)
+    assert accepted, out
+    weak = [c for c in accepted if re.search(r"NULL|EXP|RC4|MD5|ADH|AECDH|anon", c)]
+    assert not weak, weak
