@@ -51,6 +51,7 @@ TOOL_PACKAGES = {
     "openssl": "openssl",
     "pflogsumm": "pflogsumm",
     "fail2ban-regex": "fail2ban",
+    "unbound": "unbound",
     "sslscan": "sslscan",
     "nc": "netcat-openbsd",
 }
@@ -890,6 +891,8 @@ class PostwallServer:
             "mail_spool_directory": str(self.config_dir / "mail") + "/",
             "maillog_file": str(self.config_dir / "maillog"),
             "myhostname": "postwall.test",
+            # Its own pid file, not Postfix's /var/lib/postfix.
+            "data_directory": str(self.config_dir / "data"),
             # What Debian's main.cf (and the reference instance) sets; Postfix's built-in
             # default is 0, which turns on backwards-compatible, open-relay-prone defaults.
             "compatibility_level": "3.6",

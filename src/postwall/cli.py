@@ -1,8 +1,9 @@
 """The `postwall` command: the server and the tools an administrator's hands know.
 
 Each sub-command exits 0 on success and non-zero with one `postwall: ...` line on
-bad input; `--help` explains it.  Options are spelled as in Postfix where Postfix
-has them (`-c DIR` selects the configuration directory).
+bad input (a usage error: `postwall: fatal: usage: ...`, exit 2; a `ToolError`: exit 1);
+`--help` explains it.  Options are spelled as in Postfix where Postfix has them (`-c DIR`
+selects the configuration directory).  The commands live in `postwall.tools`.
 """
 
 from __future__ import annotations
@@ -10,8 +11,18 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from postwall import __version__, embedded
+from postwall.tools import ToolError, certs, check, control, postconf, queue
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, not argparse's usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"postwall: fatal: usage: {self.prog}: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
 
 
 def _config_dir(arg: str | None) -> tuple[Path, embedded.Layout]:
@@ -57,7 +68,7 @@ def _user() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="postwall",
         description="A Postfix-compatible mail transfer agent for SMTP over TLS.",
     )
@@ -75,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     start.add_argument("-c", dest="config_dir", metavar="DIR", help="configuration directory")
     start.set_defaults(func=cmd_start)
+    for module in (postconf, check, queue, certs, control):
+        module.register(sub)
     return parser
 
 
@@ -84,7 +97,20 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except ToolError as exc:
+        print(f"postwall: fatal: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `postwall mailq | head`
+        sys.stderr.close()
+        return 0
+    except OSError as exc:  # an unreadable queue directory, a full disk...
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"postwall: fatal: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":
