@@ -58,7 +58,7 @@ class Cleanup:
         params: Params,
         store: QueueStore,
         log: MailLog,
-        on_commit: Callable[[str], None] = lambda qid: None,
+        on_commit: Callable[[str, Envelope], None] = lambda qid, envelope: None,
     ) -> None:
         self._hostname = params.myhostname
         self._mail_name = params.mail_name
@@ -101,7 +101,8 @@ class Cleanup:
         except (OSError, ValueError) as exc:
             self._log.warning("cleanup", f"{sub.queue_id}: queue file write error: {exc}")
             return Reply(451, "4.3.0", "Error: queue file write error")
-        self._on_commit(sub.queue_id)
+        # The envelope goes along so the queue manager need not read the file back.
+        self._on_commit(sub.queue_id, envelope)
         return None
 
     # -- headers -------------------------------------------------------------
@@ -168,8 +169,16 @@ def _header_value(content: bytes, name: bytes) -> str | None:
     return b" ".join(value).decode("utf-8", "replace")
 
 
+_date_cache: tuple[int, str] = (-1, "")
+
+
 def _rfc5322_date(now: float) -> str:
     # Postfix writes e.g. "Sat, 28 Nov 2026 09:16:38 +0000 (UTC)".
-    local = time.localtime(now)
-    zone = local.tm_zone or "UTC"
-    return f"{email.utils.formatdate(now, localtime=True)} ({zone})"
+    global _date_cache
+    second, text = _date_cache  # one tuple: threads never see half an update
+    if int(now) != second:  # formatting costs more than the rest of the header
+        local = time.localtime(now)
+        zone = local.tm_zone or "UTC"
+        text = f"{email.utils.formatdate(int(now), localtime=True)} ({zone})"
+        _date_cache = (int(now), text)
+    return text

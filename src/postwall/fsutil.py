@@ -14,6 +14,10 @@ Contract:
   `data` and survives a crash; a crash before it returns leaves either the old
   file or nothing, never a partial file at `path`. A leftover temp file (name
   starting with `.tmp.`) may remain in the same directory after a crash.
+- `rename_noreplace(src, dst)` moves `src` to `dst` in one step and fails with
+  FileExistsError if `dst` exists (renameat2(2) RENAME_NOREPLACE; where the
+  kernel or file system lacks it, link(2) then unlink(2), same guarantee).
+  Like any rename it is durable only once `dst`'s directory is fsync'ed.
 - `ensure_dir(path, mode)` creates a directory (and parents) with `mode` and
   fsyncs the parent (skipped only when the parent is not readable by us).
 
@@ -26,6 +30,9 @@ module that must persist a small state file.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import errno
 import os
 import secrets
 from pathlib import Path
@@ -35,8 +42,26 @@ __all__ = [
     "create_exclusive",
     "ensure_dir",
     "fsync_dir",
+    "rename_noreplace",
     "write_all",
 ]
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+
+
+def _load_renameat2() -> object | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        func = libc.renameat2
+    except (OSError, AttributeError):  # not glibc >= 2.28: link + unlink instead
+        return None
+    func.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+    func.restype = ctypes.c_int
+    return func
+
+
+_renameat2 = _load_renameat2()
 
 
 def create_exclusive(path: str | os.PathLike[str], mode: int = 0o600) -> int:
@@ -44,6 +69,25 @@ def create_exclusive(path: str | os.PathLike[str], mode: int = 0o600) -> int:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     # open(2) masks `mode` with the umask, which can only narrow it: no chmod needed.
     return os.open(path, flags, mode)
+
+
+def rename_noreplace(src: str, dst: str) -> None:
+    """Rename `src` to `dst` unless `dst` exists (then FileExistsError, nothing moved)."""
+    global _renameat2
+    if _renameat2 is not None:
+        result = _renameat2(  # type: ignore[operator]
+            _AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE
+        )
+        if result == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.ENOSYS, errno.EINVAL):
+            raise OSError(err, os.strerror(err), src, None, dst)
+        _renameat2 = None  # this kernel or file system cannot: fall back for good
+    # Where renameat2 is missing, link refuses an existing target just the same.
+    os.link(src, dst)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(src)
 
 
 def write_all(fd: int, data: bytes | memoryview) -> None:

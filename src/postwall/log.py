@@ -227,6 +227,11 @@ class ServiceLog:
         self.log.panic(self.service, text)
 
 
+# getpid(2) is a real system call; a line needs the pid, so keep it, fork-safe.
+_own_pid = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _own_pid.__setitem__(0, os.getpid()))
+
+
 class MailLog:
     """The process's mail log.  See the module docstring for guarantees."""
 
@@ -356,7 +361,7 @@ class MailLog:
 
     def _tagged(self, severity: Severity, service: str, text: str) -> str:
         label = "" if severity == "info" else f"{severity}: "
-        pid = self._pid if self._pid is not None else os.getpid()
+        pid = self._pid if self._pid is not None else _own_pid[0]
         return f"{self.syslog_name}/{service}[{pid}]: {label}{sanitize(text)}"
 
     def _do_reopen(self) -> None:

@@ -30,7 +30,7 @@ from postwall.cleanup import Cleanup
 from postwall.config import Config, ConfigError, Service, load
 from postwall.config.network import Networks
 from postwall.config.params import Params
-from postwall.delivery.agents import LocalAgent, discard_agent
+from postwall.delivery.agents import LocalAgent, discard_agent, discard_now
 from postwall.log import MailLog
 from postwall.qmgr import QueueManager
 from postwall.queue.store import QueueStore
@@ -153,6 +153,7 @@ class Master:
             self.log,
             resolver,
             agents={"local": local, "discard": discard_agent},
+            sync_agents={"discard": discard_now},
         )
         self.cleanup = Cleanup(params, self.store, self.log, on_commit=self.qmgr.wake)
         services = build_smtpd_services(config, self.log, self.cleanup)

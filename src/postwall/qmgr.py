@@ -13,6 +13,13 @@ deferred message waits between minimal_backoff_time and maximal_backoff_time,
 computed from its age as Postfix does; a queue file that cannot be parsed goes to
 corrupt/ with a log line and never stops the scheduler.  After a crash a
 recipient may be delivered twice, never zero times.
+
+Cost per message: the wake-ups of one group-commit batch are taken together and
+handled in one worker-thread call.  A message whose recipients all go to a
+non-blocking transport (discard) is delivered and removed inside that call, from
+the envelope cleanup handed over with the wake-up (no re-read of the file);
+every other message is moved to active/ and loaded there, then delivered by
+the agents on the event loop.
 """
 
 from __future__ import annotations
@@ -20,15 +27,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from dataclasses import dataclass, field
 
 from postwall import logfmt
 from postwall.config.params import Params
 from postwall.delivery import DeliveryResult
-from postwall.delivery.agents import Agent, AgentResult
+from postwall.delivery.agents import Agent, AgentResult, SyncAgent
 from postwall.log import MailLog
-from postwall.queue.records import CorruptQueueFile, RcptStatus
+from postwall.queue.records import CorruptQueueFile, Envelope, RcptStatus
 from postwall.queue.store import QueuedMessage, QueueStore, State
-from postwall.resolve import AddressResolver
+from postwall.resolve import AddressResolver, Destination
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """One message a worker thread took up: loaded into active/, or finished there."""
+
+    qid: str
+    msg: QueuedMessage | None = None
+    error: Exception | None = None
+    active_time: float = 0.0
+    # (recipient index, start time, outcome) for recipients delivered in the thread.
+    outcomes: list[tuple[int, float, AgentResult]] = field(default_factory=list)
+    removed: bool = False  # every recipient done and the file unlinked
 
 
 class QueueManager:
@@ -39,20 +60,30 @@ class QueueManager:
         log: MailLog,
         resolver: AddressResolver,
         agents: dict[str, Agent],
+        sync_agents: dict[str, SyncAgent] | None = None,
     ) -> None:
         self._params = params
         self._store = store
         self._log = log
         self._resolver = resolver
         self._agents = agents
+        # Transports that never block (discard): delivered in the same worker-thread
+        # call that activates and loads the message, so such a message costs one hop.
+        self._sync_agents = sync_agents or {}
         self._wakeups: asyncio.Queue[str | None] = asyncio.Queue()
+        # Envelopes handed over by cleanup with their wake-up: exactly what the
+        # fresh queue file holds, so it need not be read back.
+        self._fresh: dict[str, Envelope] = {}
         self._in_flight: set[str] = set()
         self._slots = asyncio.Semaphore(max(1, params.default_process_limit))
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
 
-    def wake(self, queue_id: str | None = None) -> None:
-        """A hint that `queue_id` (or anything) is waiting in incoming/."""
+    def wake(self, queue_id: str | None = None, envelope: Envelope | None = None) -> None:
+        """A hint that `queue_id` (or anything) is waiting in incoming/; `envelope`
+        is the one just committed for it, if the caller has it."""
+        if queue_id is not None and envelope is not None:
+            self._fresh[queue_id] = envelope
         self._wakeups.put_nowait(queue_id)
 
     async def run(self) -> None:
@@ -65,15 +96,19 @@ class QueueManager:
         while not self._stopping:
             timeout = max(0.0, next_scan - time.monotonic())
             try:
-                qid = await asyncio.wait_for(self._wakeups.get(), timeout)
+                first = await asyncio.wait_for(self._wakeups.get(), timeout)
             except TimeoutError:
                 await self._scan_all()
                 next_scan = time.monotonic() + self._params.queue_run_delay
                 continue
-            if qid is None:
+            # Every commit of one group-commit batch wakes us at once: take them together.
+            woken = [first]
+            while not self._wakeups.empty():
+                woken.append(self._wakeups.get_nowait())
+            if None in woken:
                 await self._scan_state("incoming")
             else:
-                self._start(qid, "incoming")
+                self._start_batch([q for q in woken if q is not None], "incoming")
 
     async def stop(self) -> None:
         self._stopping = True
@@ -83,44 +118,171 @@ class QueueManager:
 
     async def flush(self) -> None:
         """Attempt every deferred message now (postqueue -f)."""
-        for qid in await self._store.scan("deferred"):
-            self._start(qid, "deferred")
+        self._start_batch(await self._store.scan("deferred"), "deferred")
 
     async def _scan_all(self) -> None:
         await self._scan_state("incoming")
-        for qid in await self._store.scan("deferred", due=time.time()):
-            self._start(qid, "deferred")
+        self._start_batch(await self._store.scan("deferred", due=time.time()), "deferred")
 
     async def _scan_state(self, state: State) -> None:
-        for qid in await self._store.scan(state):
-            self._start(qid, state)
+        self._start_batch(await self._store.scan(state), state)
 
-    def _start(self, qid: str, state: State) -> None:
-        if qid in self._in_flight or self._stopping:
+    def _start_batch(self, qids: list[str], state: State) -> None:
+        known: dict[str, Envelope] = {}
+        if state == "incoming":  # taken even when not started, so nothing piles up
+            known = {q: e for q in qids if (e := self._fresh.pop(q, None)) is not None}
+        if self._stopping:
             return
-        self._in_flight.add(qid)
-        task = asyncio.get_running_loop().create_task(self._process(qid, state))
+        fresh = [q for q in dict.fromkeys(qids) if q not in self._in_flight]
+        if not fresh:
+            return
+        self._in_flight.update(fresh)
+        task = asyncio.get_running_loop().create_task(self._process_batch(fresh, state, known))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _process(self, qid: str, state: State) -> None:
+    async def _process_batch(
+        self, qids: list[str], state: State, known: dict[str, Envelope]
+    ) -> None:
+        try:
+            attempts = await asyncio.to_thread(self._activate_batch, qids, state, known)
+        except BaseException:
+            self._in_flight.difference_update(qids)
+            raise
+        for attempt in attempts:
+            if attempt.error is not None or attempt.removed:
+                try:
+                    await self._settle(attempt, state)
+                finally:
+                    self._in_flight.discard(attempt.qid)
+            else:
+                task = asyncio.get_running_loop().create_task(self._process(attempt, state))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _settle(self, attempt: _Attempt, state: State) -> None:
+        """A message the worker thread could not load, or finished completely."""
+        qid, exc = attempt.qid, attempt.error
+        if isinstance(exc, CorruptQueueFile):
+            self._log.warning("qmgr", logfmt.corrupt_queue_file(qid, str(exc)))
+            with contextlib.suppress(OSError):
+                await self._store.quarantine(qid, str(exc))
+        elif exc is not None and not isinstance(exc, FileNotFoundError):
+            self._log.warning("qmgr", f"{qid}: delivery attempt failed: {exc!r}")
+        elif attempt.removed:
+            assert attempt.msg is not None
+            env = attempt.msg.envelope
+            if state == "incoming":
+                self._log.info(
+                    "qmgr", logfmt.queue_active(qid, env.sender, env.size, len(env.recipients))
+                )
+            for index, started, outcome in attempt.outcomes:
+                self._log_outcome(
+                    qid,
+                    env.arrival_time,
+                    attempt.active_time,
+                    started,
+                    env.recipients[index],
+                    outcome,
+                )
+            self._log.info("qmgr", logfmt.removed(qid))
+
+    def _activate_batch(
+        self, qids: list[str], state: State, known: dict[str, Envelope]
+    ) -> list[_Attempt]:
+        """Worker thread: finish each message whose every pending recipient goes to a
+        non-blocking transport; activate and load the others for the loop thread."""
+        attempts = []
+        for qid in qids:
+            attempt = _Attempt(qid)
+            attempts.append(attempt)
+            try:
+                envelope = known.get(qid)
+                if envelope is not None and self._deliver_fresh(attempt, envelope, state):
+                    continue
+                attempt.msg = self._activate(qid, state)
+                attempt.active_time = time.time()
+                self._deliver_sync(attempt)
+            except Exception as exc:  # reported per message by the loop thread
+                attempt.error = exc
+            if attempt.msg is not None and (attempt.removed or attempt.error is not None):
+                attempt.msg.close()
+        return attempts
+
+    def _deliver_fresh(self, attempt: _Attempt, envelope: Envelope, state: State) -> bool:
+        """A just-committed message for non-blocking transports only: delivered from
+        the envelope cleanup handed over, then unlinked straight from incoming/ (it
+        would stay in active/ for no measurable time; a crash before the unlink
+        leaves it in incoming/, delivered again at start-up: at worst twice)."""
+        plan = self._sync_plan(envelope)
+        if plan is None:
+            return False
+        msg = QueuedMessage(envelope, state, self._store.path(state, attempt.qid), 0, 0)
+        attempt.msg = msg
+        attempt.active_time = time.time()
+        outcomes = self._run_sync(msg, plan)
+        if outcomes is None:
+            attempt.msg = None
+            return False
+        self._store.remove_sync(attempt.qid, state, durable=False)
+        attempt.outcomes = outcomes
+        attempt.removed = True
+        return True
+
+    def _sync_plan(self, env: Envelope) -> list[tuple[int, Destination, SyncAgent]] | None:
+        """Every pending recipient with its non-blocking agent; None if any lacks one."""
+        plan = []
+        for index, recipient in enumerate(env.recipients):
+            if recipient.done:
+                continue
+            dest = self._resolver.destination(recipient.address)
+            agent = self._sync_agents.get(dest.transport)
+            if agent is None:
+                return None
+            plan.append((index, dest, agent))
+        return plan
+
+    @staticmethod
+    def _run_sync(
+        msg: QueuedMessage, plan: list[tuple[int, Destination, SyncAgent]]
+    ) -> list[tuple[int, float, AgentResult]] | None:
+        """The outcomes if every recipient was sent; None (nothing recorded) otherwise."""
+        outcomes = []
+        for index, dest, agent in plan:
+            started = time.time()
+            outcome = agent(msg, index, dest)
+            if outcome.result.status != "sent":
+                return None
+            outcomes.append((index, started, outcome))
+        return outcomes
+
+    def _deliver_sync(self, attempt: _Attempt) -> None:
+        msg = attempt.msg
+        assert msg is not None
+        plan = self._sync_plan(msg.envelope)
+        outcomes = None if plan is None else self._run_sync(msg, plan)
+        if outcomes is None:
+            return  # the loop thread delivers this message (again, from the start)
+        self._store.remove_sync(attempt.qid, "active", durable=False)
+        attempt.outcomes = outcomes
+        attempt.removed = True
+
+    async def _process(self, attempt: _Attempt, state: State) -> None:
+        assert attempt.msg is not None
+        qid = attempt.qid
         try:
             async with self._slots:
-                await self._deliver_message(qid, state)
+                await self._deliver_message(attempt.msg, state)
         except FileNotFoundError:
             pass  # removed or moved by an administrator meanwhile
         except Exception as exc:  # the scheduler must outlive any one message
             self._log.warning("qmgr", f"{qid}: delivery attempt failed: {exc!r}")
         finally:
+            attempt.msg.close()
             self._in_flight.discard(qid)
 
-    async def _deliver_message(self, qid: str, state: State) -> None:
-        try:
-            msg = await asyncio.to_thread(self._activate, qid, state)
-        except CorruptQueueFile as exc:
-            self._log.warning("qmgr", logfmt.corrupt_queue_file(qid, str(exc)))
-            await self._store.quarantine(qid, str(exc))
-            return
+    async def _deliver_message(self, msg: QueuedMessage, state: State) -> None:
+        qid = msg.queue_id
         with msg:
             env = msg.envelope
             active_time = time.time()

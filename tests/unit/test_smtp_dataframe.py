@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from postwall.smtp.dataframe import BdatReader, DataReader
 
@@ -118,3 +120,55 @@ def test_bdat_limit() -> None:
     assert not reader.chunk_fits(11)
     reader.add(b"x" * 11)
     assert reader.too_big
+
+
+class _LineByLine(DataReader):
+    """The reader with its whole-buffer fast path switched off: the reference."""
+
+    def _feed_clean(self, buf: bytes | bytearray) -> int:
+        return 0
+
+
+def _drive(reader: DataReader, data: bytes, cuts: list[int]) -> tuple[int, bytes, bool, bool]:
+    """Feed `data` in pieces the way the server does (unconsumed bytes stay buffered)."""
+    buf = bytearray()
+    used_total = 0
+    start = 0
+    for cut in [*sorted(cuts), len(data)]:
+        buf += data[start:cut]
+        start = cut
+        used = reader.feed(buf)
+        used_total += used
+        del buf[:used]
+        if reader.done or (reader.bare_lf and reader._reject_bare_lf):
+            break
+    return used_total, reader.content, reader.done, reader.too_big
+
+
+_PIECES = [b"a", b".", b"..", b"\r\n", b"\n", b"\r", b"\r\n.\r\n", b"\n.\r\n", b"\r\n.\n", b"x" * 9]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    parts=st.lists(st.sampled_from(_PIECES), max_size=30),
+    cuts=st.lists(st.integers(min_value=0, max_value=120), max_size=4),
+    reject=st.booleans(),
+    limit=st.sampled_from([0, 5, 40]),
+)
+def test_fast_path_matches_the_line_loop(
+    parts: list[bytes], cuts: list[int], reject: bool, limit: int
+) -> None:
+    data = b"".join(parts)
+    cuts = [c for c in cuts if c <= len(data)]
+    kw = {"size_limit": limit, "reject_bare_lf": reject}
+    fast, slow = DataReader(**kw), _LineByLine(**kw)  # type: ignore[arg-type]
+    assert _drive(fast, data, cuts) == _drive(slow, data, cuts)
+    assert fast.bare_lf == slow.bare_lf
+    assert fast.size == slow.size
+
+
+def test_fast_path_handles_a_whole_message_in_one_buffer() -> None:
+    body = b"".join(b"line %d\r\n" % i for i in range(50)) + b"..dot\r\n"
+    reader, used = read_all(body + b".\r\nMAIL FROM:<a@b>\r\n")
+    assert reader.done and used == len(body) + 3
+    assert reader.content == body.replace(b"\r\n..dot", b"\r\n.dot")

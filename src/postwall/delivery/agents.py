@@ -43,6 +43,8 @@ class AgentResult:
 
 
 Agent = Callable[[QueuedMessage, int, Destination], Awaitable[AgentResult]]
+# A transport that never blocks nor fails, run by qmgr on its worker thread.
+SyncAgent = Callable[[QueuedMessage, int, Destination], AgentResult]
 
 
 def maildir_name(msg: QueuedMessage, index: int, target: str = "") -> str:
@@ -145,5 +147,9 @@ class LocalAgent:
         return users, problem
 
 
-async def discard_agent(msg: QueuedMessage, index: int, dest: Destination) -> AgentResult:
+def discard_now(msg: QueuedMessage, index: int, dest: Destination) -> AgentResult:
     return AgentResult(discard.deliver(dest.nexthop), relay="none")
+
+
+async def discard_agent(msg: QueuedMessage, index: int, dest: Destination) -> AgentResult:
+    return discard_now(msg, index, dest)

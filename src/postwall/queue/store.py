@@ -10,12 +10,15 @@ is closed.
 
 Guarantees:
 - `commit` returns the queue id only after the file's data and its directory
-  entry in `incoming/` are on disk (file fsync, link, directory fsync). On
-  failure it raises OSError/ValueError and leaves nothing in `incoming/`.
-  Concurrent commits are grouped: a writer thread takes every commit pending,
-  writes and fsyncs the files in parallel on a small pool (so the file system
-  journal merges them), links them all, then fsyncs `incoming/` once for the
-  whole batch. Cancelling the awaiting task does not stop a commit under way.
+  entry in `incoming/` are on disk (file fsync, rename without replace,
+  directory fsync). On failure it raises OSError/ValueError and leaves nothing
+  in `incoming/`. Concurrent commits are grouped: a writer thread takes every
+  commit pending, writes and fsyncs the files (itself by default: on ext4 the
+  first fsync commits the journal transaction that holds the whole batch; with
+  `fsync_workers` on a small pool), renames them all into `incoming/`,
+  then fsyncs `incoming/` once for the whole batch, and settles the batch's
+  waiters with one wake-up of their event loop. Cancelling the awaiting task
+  does not stop a commit under way.
 - `reserve`/`new_queue_id` allocate the queue id early (Postfix logs it at the
   first RCPT and puts it in the Received header, before the content exists);
   `release_queue_id` gives it back (ids never released nor committed are
@@ -64,7 +67,7 @@ State = Literal["incoming", "active", "deferred", "hold", "corrupt"]
 STATES: tuple[State, ...] = ("incoming", "active", "deferred", "hold", "corrupt")
 _TMP = "tmp"
 _REASON_SUFFIX = ".reason"
-_SPARE_WORKERS = 4
+_SPARE_WORKERS = 1
 
 
 @dataclass
@@ -73,7 +76,7 @@ class Reservation:
     the id, taken). No descriptor is held, so idle sessions cost no file handles."""
 
     queue_id: str
-    tmp_path: Path
+    tmp_path: str
     created: float
     closed: bool = False
     submitted: bool = False
@@ -127,7 +130,10 @@ class QueuedMessage:
 class _Job:
     parts: list[bytes | memoryview]
     reservation: Reservation
-    future: concurrent.futures.Future[str]
+    future: concurrent.futures.Future[str] | asyncio.Future[str]
+    # Set for an asyncio caller: its future is settled on this loop, one
+    # call_soon_threadsafe per batch (each wake-up of the loop costs a syscall).
+    loop: asyncio.AbstractEventLoop | None = None
 
 
 class _GroupCommitter:
@@ -138,7 +144,12 @@ class _GroupCommitter:
         self._cond = threading.Condition()
         self._pending: list[_Job] = []
         self._closed = False
-        self._pool = concurrent.futures.ThreadPoolExecutor(workers, "postwall-qfsync")
+        # 0: the writer thread fsyncs the batch itself.  On ext4 (data=ordered) the
+        # first fsync commits the journal transaction holding the whole batch, so the
+        # rest are cheap, and each extra thread costs context switches per batch.
+        self._pool = (
+            concurrent.futures.ThreadPoolExecutor(workers, "postwall-qfsync") if workers else None
+        )
         self._thread = threading.Thread(target=self._run, name="postwall-qwriter", daemon=True)
         self._thread.start()
         self.batches = 0  # for tests and statistics
@@ -155,7 +166,8 @@ class _GroupCommitter:
             self._closed = True
             self._cond.notify()
         self._thread.join()
-        self._pool.shutdown()
+        if self._pool is not None:
+            self._pool.shutdown()
 
     def _run(self) -> None:
         while True:
@@ -166,49 +178,80 @@ class _GroupCommitter:
                 if not batch and self._closed:
                     return
             self.batches += 1
+            outcomes: list[tuple[_Job, str | BaseException]] = []
             try:
-                self._commit_batch(batch)
+                self._commit_batch(batch, outcomes)
             except BaseException as exc:  # a bug must fail the callers, not hang them
+                settled = {id(job) for job, _ in outcomes}
                 for job in batch:
-                    _settle(job.future, exc)
-                    self._store.abandon(job.reservation)
+                    if id(job) not in settled:
+                        outcomes.append((job, exc))
+                        self._store.abandon(job.reservation)
+            _deliver_outcomes(outcomes)
 
-    def _commit_batch(self, batch: list[_Job]) -> None:
+    def _commit_batch(
+        self, batch: list[_Job], outcomes: list[tuple[_Job, str | BaseException]]
+    ) -> None:
         store = self._store
-        written = list(self._pool.map(_write_and_fsync, batch))
+        if self._pool is None or len(batch) == 1:
+            written = [_write_and_fsync(job) for job in batch]
+        else:
+            written = list(self._pool.map(_write_and_fsync, batch))
         linked: list[_Job] = []
+        incoming = store.state_dir("incoming")
         for job, err in zip(batch, written, strict=True):
             if err is None:
                 try:
-                    target = store.path("incoming", job.reservation.queue_id)
-                    os.link(job.reservation.tmp_path, target)
+                    # One step, and never over an existing queue file.
+                    fsutil.rename_noreplace(
+                        job.reservation.tmp_path, incoming + job.reservation.queue_id
+                    )
+                    store.forget(job.reservation)
                     linked.append(job)
                     continue
                 except OSError as exc:
                     err = exc
             store.abandon(job.reservation)
-            _settle(job.future, err)
+            outcomes.append((job, err))
         if not linked:
             return
         try:
-            fsutil.fsync_dir(store.directory / "incoming")
+            fsutil.fsync_dir(incoming)
         except OSError as exc:
             for job in linked:
                 with contextlib.suppress(OSError):
-                    os.unlink(store.path("incoming", job.reservation.queue_id))
-                store.abandon(job.reservation)
-                _settle(job.future, exc)
+                    os.unlink(incoming + job.reservation.queue_id)
+                outcomes.append((job, exc))
             return
         for job in linked:
-            store.abandon(job.reservation)  # drops the tmp/ name; incoming/ keeps the inode
-            _settle(job.future, job.reservation.queue_id)
+            outcomes.append((job, job.reservation.queue_id))
 
 
-def _settle(future: concurrent.futures.Future[str], outcome: str | BaseException) -> None:
+def _deliver_outcomes(outcomes: list[tuple[_Job, str | BaseException]]) -> None:
+    """Settle every caller's future: sync ones directly, async ones in one loop call."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, str | BaseException]]] = {}
+    for job, outcome in outcomes:
+        if job.loop is None:
+            _settle(job.future, outcome)
+        else:
+            by_loop.setdefault(job.loop, []).append((job, outcome))
+    for loop, items in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(_settle_all, items)
+
+
+def _settle_all(items: list[tuple[_Job, str | BaseException]]) -> None:
+    for job, outcome in items:
+        _settle(job.future, outcome)
+
+
+def _settle(
+    future: concurrent.futures.Future[str] | asyncio.Future[str], outcome: str | BaseException
+) -> None:
     """Complete a caller's future once; a future already done (cancelled) is left alone."""
     if future.done():
         return
-    with contextlib.suppress(concurrent.futures.InvalidStateError):
+    with contextlib.suppress(concurrent.futures.InvalidStateError, asyncio.InvalidStateError):
         if isinstance(outcome, BaseException):
             future.set_exception(outcome)
         else:
@@ -238,7 +281,7 @@ class QueueStore:
         self,
         directory: Path,
         *,
-        fsync_workers: int = 8,
+        fsync_workers: int = 0,
         spare_ids: int = 64,
         reservation_ttl: float = 86400.0,
     ) -> None:
@@ -246,6 +289,11 @@ class QueueStore:
         fsutil.ensure_dir(self.directory, 0o700)
         for name in (*STATES, _TMP):
             fsutil.ensure_dir(self.directory / name, 0o700)
+        # Plain "dir/state/" strings: hot paths build names by concatenation, as
+        # pathlib costs several microseconds per join.
+        self._dirs: dict[str, str] = {
+            name: os.path.join(self.directory, name, "") for name in (*STATES, _TMP)
+        }
         self._fsync_workers = fsync_workers
         self._committer: _GroupCommitter | None = None
         self._lock = threading.Lock()
@@ -262,16 +310,25 @@ class QueueStore:
     # -- paths -----------------------------------------------------------
 
     def path(self, state: State, queue_id: str) -> Path:
+        return Path(self._spath(state, queue_id))
+
+    def _spath(self, state: State, queue_id: str) -> str:
         if state not in STATES:
             raise ValueError(f"unknown queue state {state!r}")
         if not is_queue_id(queue_id):
             raise ValueError(f"malformed queue id {queue_id!r}")
-        return self.directory / state / queue_id
+        return self._dirs[state] + queue_id
+
+    def state_dir(self, state: str) -> str:
+        """The directory of a state (or "tmp") as a string ending in "/"."""
+        return self._dirs[state]
 
     def locate(self, queue_id: str) -> State | None:
         """The state whose directory holds `queue_id`, or None."""
+        if not is_queue_id(queue_id):
+            raise ValueError(f"malformed queue id {queue_id!r}")
         for state in STATES:
-            if os.path.lexists(self.path(state, queue_id)):
+            if os.path.lexists(self._dirs[state] + queue_id):
                 return state
         return None
 
@@ -292,7 +349,7 @@ class QueueStore:
 
     def _create_reservation(self) -> Reservation:
         """Create an empty temp file and derive the queue id from its inode."""
-        tmp = self.directory / _TMP / f"{os.getpid()}.{next(self._counter)}.{secrets.token_hex(4)}"
+        tmp = f"{self._dirs[_TMP]}{os.getpid()}.{next(self._counter)}.{secrets.token_hex(4)}"
         fd = fsutil.create_exclusive(tmp, 0o600)
         try:
             inode = os.fstat(fd).st_ino
@@ -393,8 +450,14 @@ class QueueStore:
             self._reserved.pop(reservation.queue_id, None)
         self._discard_file(reservation.tmp_path)
 
+    def forget(self, reservation: Reservation) -> None:
+        """Drop a reservation whose temp file has been renamed into a state directory."""
+        with self._lock:
+            reservation.closed = True
+            self._reserved.pop(reservation.queue_id, None)
+
     @staticmethod
-    def _discard_file(path: Path) -> None:
+    def _discard_file(path: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
 
@@ -408,8 +471,12 @@ class QueueStore:
         return reservation
 
     def _submit(
-        self, envelope: Envelope, content: bytes | memoryview, reservation: Reservation | None
-    ) -> concurrent.futures.Future[str]:
+        self,
+        envelope: Envelope,
+        content: bytes | memoryview,
+        reservation: Reservation | None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> concurrent.futures.Future[str] | asyncio.Future[str]:
         parts = records.encode(envelope, content)  # ValueError before anything is queued
         if reservation is None:
             reservation = self.reserve_sync()
@@ -420,9 +487,10 @@ class QueueStore:
             if self._committer is None:
                 self._committer = _GroupCommitter(self, self._fsync_workers)
             committer = self._committer
-        future: concurrent.futures.Future[str] = concurrent.futures.Future()
+        future: concurrent.futures.Future[str] | asyncio.Future[str]
+        future = loop.create_future() if loop is not None else concurrent.futures.Future()
         try:
-            committer.submit(_Job(parts, reservation, future))
+            committer.submit(_Job(parts, reservation, future, loop))
         except BaseException:
             self.abandon(reservation)
             raise
@@ -442,20 +510,22 @@ class QueueStore:
         if reservation is None:
             reservation = await self.reserve()
         try:
-            future = self._submit(envelope, content, reservation)
+            future = self._submit(envelope, content, reservation, asyncio.get_running_loop())
         except BaseException:
             if owned:
                 self.abandon(reservation)
             raise
         # shield: a cancelled session must not abandon a file the writer is linking.
-        return await asyncio.shield(asyncio.wrap_future(future))
+        return await asyncio.shield(future)
 
     def commit_sync(
         self, envelope: Envelope, content: bytes, reservation: Reservation | None = None
     ) -> str:
         if reservation is None:
             reservation = self._reservation_for(envelope)
-        return self._submit(envelope, content, reservation).result()
+        future = self._submit(envelope, content, reservation)
+        assert isinstance(future, concurrent.futures.Future)
+        return future.result()
 
     @property
     def batches(self) -> int:
@@ -501,11 +571,11 @@ class QueueStore:
     async def scan(self, state: State, *, due: float | None = None) -> list[str]:
         return await asyncio.to_thread(self.scan_sync, state, due=due)
 
-    def _find(self, queue_id: str, state: State | None) -> tuple[State, Path]:
+    def _find(self, queue_id: str, state: State | None) -> tuple[State, str]:
         found = state if state is not None else self.locate(queue_id)
         if found is None:
             raise FileNotFoundError(f"queue file {queue_id} not found")
-        return found, self.path(found, queue_id)
+        return found, self._spath(found, queue_id)
 
     def load_sync(self, queue_id: str, state: State | None = None) -> QueuedMessage:
         """Parse a queue file; raises FileNotFoundError or CorruptQueueFile."""
@@ -518,7 +588,7 @@ class QueueStore:
             os.close(fd)
             raise
         return QueuedMessage(
-            parsed.envelope, found, path, parsed.content_offset, parsed.content_length, fd
+            parsed.envelope, found, Path(path), parsed.content_offset, parsed.content_length, fd
         )
 
     async def load(self, queue_id: str, state: State | None = None) -> QueuedMessage:
@@ -584,7 +654,7 @@ class QueueStore:
 
         `durable=False` skips the directory fsyncs: for moves whose loss in a crash is
         harmless because both states are scanned again at start-up (incoming -> active)."""
-        src, dst = self.path(from_state, queue_id), self.path(to_state, queue_id)
+        src, dst = self._spath(from_state, queue_id), self._spath(to_state, queue_id)
         if next_attempt is not None:
             os.utime(src, (next_attempt, next_attempt))
             fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
@@ -597,9 +667,9 @@ class QueueStore:
                 raise FileExistsError(f"{dst} already exists")
             os.rename(src, dst)
             if durable:
-                fsutil.fsync_dir(dst.parent)
-                fsutil.fsync_dir(src.parent)
-        return dst
+                fsutil.fsync_dir(self._dirs[to_state])
+                fsutil.fsync_dir(self._dirs[from_state])
+        return Path(dst)
 
     async def move(
         self,
@@ -624,12 +694,13 @@ class QueueStore:
 
         Without the directory fsync (`durable=False`, as Postfix does) a power loss can
         resurrect the file and its recipients are tried again: never lost, at worst twice."""
-        _, path = self._find(queue_id, state)
+        found, path = self._find(queue_id, state)
         os.unlink(path)
         if durable:
-            fsutil.fsync_dir(path.parent)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path.with_name(queue_id + _REASON_SUFFIX))
+            fsutil.fsync_dir(self._dirs[found])
+        if found == "corrupt":  # only quarantined files have a reason file next to them
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path + _REASON_SUFFIX)
 
     async def remove(self, queue_id: str, state: State | None = None, durable: bool = True) -> None:
         await asyncio.to_thread(self.remove_sync, queue_id, state, durable)

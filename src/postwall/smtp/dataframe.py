@@ -76,6 +76,8 @@ class DataReader:
         reject (`bare_lf`); what follows belongs to the command reader.
         """
         pos = 0
+        if self._line_start and self._after_crlf and not self.done:
+            pos = self._feed_clean(buf)
         n = len(buf)
         while pos < n and not self.done:
             nl = buf.find(b"\n", pos)
@@ -107,6 +109,32 @@ class DataReader:
             self._line_start = True
             self._after_crlf = not bare
         return pos
+
+    def _feed_clean(self, buf: bytes | bytearray) -> int:
+        """Fast path over whole buffers: the complete lines at the front of `buf`, if
+        they all end in CRLF, are unstuffed and kept in one step; else nothing is
+        consumed and `feed`'s line loop takes over.  Called only at a line start that
+        follows a CRLF, so "." CRLF at the front or the first CRLF "." CRLF is the end
+        of the data, exactly as the line loop would find it."""
+        if buf[:3] == b".\r\n":
+            self.done = True
+            return 3
+        end = buf.find(b"\r\n.\r\n")
+        if end >= 0:
+            stop, used = end + 2, end + 5  # content keeps the CRLF before the dot
+        else:
+            stop = used = buf.rfind(b"\n") + 1
+            if stop == 0:
+                return 0
+        segment = bytes(buf[:stop])
+        if segment.count(b"\n") != segment.count(b"\r\n"):
+            return 0  # a bare LF: normalised (or rejected) line by line
+        # RFC 5321 4.5.2: drop the first "." of every line.
+        if segment[:1] == b".":
+            segment = segment[1:]
+        self._content.add(segment.replace(b"\r\n.", b"\r\n"))
+        self.done = end >= 0
+        return used
 
     def _emit(self, data: bytes) -> None:
         if self._line_start and data.startswith(b"."):

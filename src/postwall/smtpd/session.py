@@ -302,19 +302,23 @@ class SmtpSession(asyncio.Protocol):
             self.conn.reject(Reply(451, "4.3.0", "Error: internal error"))
             return
         env = event.envelope
-        sub = Submission(
-            queue_id=self.queue_id,
-            sender=self.svc.resolver.qualify(env.sender),
-            recipients=[
+        qualify = self.svc.resolver.qualify
+        recipients = []
+        for r in env.recipients:
+            address = qualify(r.address)
+            recipients.append(
                 Recipient(
-                    address=self.svc.resolver.qualify(r.address),
+                    address=address,
                     # RFC 3461 4.2: kept as "addr-type;address" (xtext-decoded).
                     orcpt=";".join(r.params.orcpt) if r.params.orcpt else "",
                     notify=frozenset(r.params.notify or ()),
-                    original=self.svc.resolver.qualify(r.address),
+                    original=address,
                 )
-                for r in env.recipients
-            ],
+            )
+        sub = Submission(
+            queue_id=self.queue_id,
+            sender=qualify(env.sender),
+            recipients=recipients,
             content=event.content,
             arrival_time=time.time(),
             client_name=self.client.name,
