@@ -166,11 +166,15 @@ class Master:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop_event.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        # postqueue -f / -i: look at the queue now instead of at the next periodic scan.
+        loop.add_signal_handler(signal.SIGUSR1, lambda: loop.create_task(self.qmgr.flush()))
         qmgr_task = loop.create_task(self.qmgr.run())
         self.ready.set()
         await self.stop_event.wait()
         self.log.info("master", logfmt.master_terminating(signal.SIGTERM))
         await self._shutdown(qmgr_task)
+        with contextlib.suppress(OSError):
+            (Path(params.data_directory) / PID_FILE).unlink()
         self.log.close()
 
     async def _listen(self, config: Config, services: dict[str, SmtpdService]) -> None:

@@ -117,7 +117,9 @@ class QueueManager:
             await asyncio.wait(self._tasks, timeout=30)
 
     async def flush(self) -> None:
-        """Attempt every deferred message now (postqueue -f)."""
+        """Attempt every deferred message now, and whatever waits in incoming/
+        (postqueue -f, and -i or postsuper -r, which move messages there)."""
+        self._start_batch(await self._store.scan("incoming"), "incoming")
         self._start_batch(await self._store.scan("deferred"), "deferred")
 
     async def _scan_all(self) -> None:
@@ -292,6 +294,7 @@ class QueueManager:
                     "qmgr", logfmt.queue_active(qid, env.sender, env.size, len(env.recipients))
                 )
             deferred = False
+            reasons: dict[str, str] = {}
             done: dict[RcptStatus, list[int]] = {RcptStatus.SENT: [], RcptStatus.BOUNCED: []}
             for index in pending:
                 recipient = env.recipients[index]
@@ -313,6 +316,7 @@ class QueueManager:
                 self._log_outcome(qid, env.arrival_time, active_time, started, recipient, outcome)
                 if outcome.result.status == "deferred":
                     deferred = True
+                    reasons[recipient.address] = outcome.result.text
                     continue
                 status = RcptStatus.SENT if outcome.result.status == "sent" else RcptStatus.BOUNCED
                 done[status].append(index)
@@ -321,6 +325,7 @@ class QueueManager:
             for status, indexes in done.items():
                 if indexes:
                     await self._store.mark_recipients(qid, indexes, status, "active")
+            await asyncio.to_thread(self._store.record_defer_sync, qid, reasons)
             age = time.time() - env.arrival_time
             delay = min(
                 max(age, self._params.minimal_backoff_time), self._params.maximal_backoff_time

@@ -94,7 +94,11 @@ def test_mailq_prints_postfix_listing(server: peers.PostwallServer) -> None:
     arrival = time.asctime(time.localtime(alice["arrival_time"]))[:20]  # type: ignore[arg-type]
     head = f"{alice['queue_id']:<11} {alice['message_size']:>7} {arrival} alice@example.org"
     i = lines.index(head)
-    assert lines[i + 1 : i + 3] == [
+    # The queue manager's deferral reason, right-aligned in parentheses as showq does,
+    # once for the two recipients that share it.
+    reason = "(mail transport unavailable: smtp delivery is not supported in this version)"
+    assert lines[i + 1 : i + 4] == [
+        " " * max(0, 78 - len(reason)) + reason,
         RCPT_INDENT + "bob@remote.test",
         RCPT_INDENT + "carol@remote.test",
     ]
@@ -121,7 +125,11 @@ def test_postqueue_json_has_postfix_keys(server: peers.PostwallServer) -> None:
         )
     }
     alice = next(m for m in msgs if m["sender"] == "alice@example.org")
-    assert alice["recipients"] == [{"address": "bob@remote.test"}, {"address": "carol@remote.test"}]
+    why = "mail transport unavailable: smtp delivery is not supported in this version"
+    assert alice["recipients"] == [
+        {"address": "bob@remote.test", "delay_reason": why},
+        {"address": "carol@remote.test", "delay_reason": why},
+    ]
     assert abs(alice["arrival_time"] - time.time()) < 120  # type: ignore[operator]
     assert (server.queue_dir / "deferred" / str(alice["queue_id"])).exists()
 

@@ -67,6 +67,7 @@ State = Literal["incoming", "active", "deferred", "hold", "corrupt"]
 STATES: tuple[State, ...] = ("incoming", "active", "deferred", "hold", "corrupt")
 _TMP = "tmp"
 _REASON_SUFFIX = ".reason"
+_DEFER = "defer"  # <qid>: one "address TAB reason" line per deferred recipient
 _SPARE_WORKERS = 1
 
 
@@ -287,7 +288,7 @@ class QueueStore:
     ) -> None:
         self.directory = Path(directory)
         fsutil.ensure_dir(self.directory, 0o700)
-        for name in (*STATES, _TMP):
+        for name in (*STATES, _TMP, _DEFER):
             fsutil.ensure_dir(self.directory / name, 0o700)
         # Plain "dir/state/" strings: hot paths build names by concatenation, as
         # pathlib costs several microseconds per join.
@@ -701,6 +702,28 @@ class QueueStore:
         if found == "corrupt":  # only quarantined files have a reason file next to them
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path + _REASON_SUFFIX)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.directory / _DEFER / queue_id)
+
+    # -- deferral reasons (Postfix's defer logs) ----------------------------
+
+    def record_defer_sync(self, queue_id: str, reasons: dict[str, str]) -> None:
+        """Why each still-pending recipient was deferred, for mailq.  Replaced whole
+        at every deferral; advisory only, so it is written atomically but not fsync'ed
+        more than atomic_write does, and losing it loses no mail."""
+        lines = "".join(
+            f"{_one_line(address)}\t{_one_line(reason)}\n" for address, reason in reasons.items()
+        )
+        fsutil.atomic_write(self.directory / _DEFER / queue_id, lines.encode("utf-8", "replace"))
+
+    def defer_reasons_sync(self, queue_id: str) -> dict[str, str]:
+        """recipient address -> deferral reason; empty when none was recorded."""
+        try:
+            text = (self.directory / _DEFER / queue_id).read_text("utf-8", "replace")
+        except FileNotFoundError:
+            return {}
+        pairs = (line.split("\t", 1) for line in text.splitlines() if "\t" in line)
+        return {address: reason for address, reason in pairs}
 
     async def remove(self, queue_id: str, state: State | None = None, durable: bool = True) -> None:
         await asyncio.to_thread(self.remove_sync, queue_id, state, durable)
@@ -731,3 +754,7 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _one_line(text: str) -> str:
+    return "".join(c if c.isprintable() else " " for c in text)

@@ -17,8 +17,8 @@ Contract:
   named id that is not in the queue (or is malformed) makes the command exit 1 after
   the others were handled.
 The queue is read and changed only through QueueStore's sync API; a corrupt queue file
-is reported as a warning and skipped. Deferral reasons are not recorded by the queue
-manager yet, so no `(reason)` lines appear.
+is reported as a warning and skipped. Deferral reasons come from the queue manager's
+per-message record (QueueStore.defer_reasons_sync), as Postfix's showq reads its defer logs.
 """
 
 from __future__ import annotations
@@ -116,6 +116,7 @@ def entries(store: QueueStore, empty_sender: str) -> Iterator[Entry]:
             except CorruptQueueFile as exc:
                 warn(f"{qid}: corrupt queue file in {state}: {exc}")
                 continue
+            reasons = store.defer_reasons_sync(qid)
             with msg:
                 env = msg.envelope
                 yield Entry(
@@ -124,7 +125,11 @@ def entries(store: QueueStore, empty_sender: str) -> Iterator[Entry]:
                     int(env.arrival_time),
                     env.size or msg.content_length,
                     _printable(env.sender or empty_sender),
-                    [(_printable(r.address), "") for r in env.recipients if not r.done],
+                    [
+                        (_printable(r.address), reasons.get(r.address, ""))
+                        for r in env.recipients
+                        if not r.done
+                    ],
                 )
 
 
