@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -251,6 +250,7 @@ def run_foreground(config_dir: Path) -> int:
         runner = uvloop.run
     except ImportError:  # uvloop is optional: it only makes the loop faster
         runner = asyncio.run
+    _raise_fd_limit()
     master = Master(config_dir)
     try:
         runner(master.run())
@@ -263,5 +263,14 @@ def run_foreground(config_dir: Path) -> int:
     return 0
 
 
-def hostname() -> str:
-    return socket.getfqdn() or "localhost"
+def _raise_fd_limit() -> None:
+    """One process holds every connection (Postfix spreads them over processes), so
+    take the hard limit on open files rather than the usual soft 1024."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
