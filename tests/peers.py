@@ -1043,3 +1043,51 @@ class PostwallServer:
     @property
     def queue_dir(self) -> Path:
         return Path(self.params["queue_directory"])
+
+
+# --- postwall's own command line and the how-to's configuration -----------------------------
+
+
+def run_postwall(
+    *args: str, stdin: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """`python3 -m postwall ARGS` from this checkout, as an administrator would run it."""
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+    return subprocess.run(
+        [sys.executable, "-m", "postwall", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        input=stdin,
+        timeout=timeout,
+    )
+
+
+DEBIAN_MAIN_CF = Path("/usr/share/postfix/main.cf.debian")
+PROTO_MAIN_CF = Path("/etc/postfix/main.cf.proto")
+MASTER_PROTO = Path("/etc/postfix/master.cf.proto")
+
+# The how-to's TLS block, parameter by parameter (trailing blank after !SSLv2 included).
+HOWTO_TLS_BLOCK = """
+# TLS server options
+smtpd_tls_security_level = may
+smtpd_tls_auth_only = yes
+smtpd_tls_key_file = /etc/postfix/certs/smtp.key
+smtpd_tls_cert_file = /etc/postfix/certs/smtp.pem
+smtpd_tls_CAfile = /etc/postfix/certs/ca.crt
+smtpd_tls_loglevel = 2
+smtpd_tls_received_header = yes
+smtpd_tls_session_cache_timeout = 3600s
+smtpd_tls_session_cache_database = btree:/var/lib/postfix/smtpd_tls_session_cache
+tls_random_source = dev:/dev/urandom
+smtpd_tls_ask_ccert = yes
+smtpd_tls_req_ccert = no
+smtpd_tls_mandatory_protocols = !SSLv2\x20
+smtpd_tls_mandatory_ciphers = high
+smtpd_tls_mandatory_exclude_ciphers = aNULL, MD5
+
+# TLS client options
+smtp_use_tls = yes
+smtp_tls_note_starttls_offer = yes
+smtp_tls_loglevel = 1
+"""

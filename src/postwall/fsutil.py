@@ -150,3 +150,19 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -
             os.unlink(tmp)
         raise
     fsync_dir(directory)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists and has not exited (a zombie has)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return True  # no /proc: kill(0) is all we know
+    return stat.rpartition(")")[2].split()[0] != "Z"

@@ -6,11 +6,8 @@ real postwall whose STARTTLS handshake openssl s_client verifies against the new
 
 from __future__ import annotations
 
-import os
 import re
 import stat
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,15 +17,9 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 
 import peers
 
-SRC = Path(__file__).resolve().parents[2] / "src"
 HOST = "mx.example.test"
 
-
-def postwall(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(SRC))
-    return subprocess.run(
-        [sys.executable, "-m", "postwall", *args], capture_output=True, text=True, env=env
-    )
+postwall = peers.run_postwall
 
 
 def mode(path: Path) -> int:

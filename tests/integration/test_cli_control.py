@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -11,18 +10,7 @@ from pathlib import Path
 
 import peers
 
-SRC = Path(__file__).resolve().parents[2] / "src"
-
-
-def postwall(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(SRC))
-    return subprocess.run(
-        [sys.executable, "-m", "postwall", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+postwall = peers.run_postwall
 
 
 def test_status_reload_stop(

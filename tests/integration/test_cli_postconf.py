@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[2] / "src"
+import peers
 
-
-def postwall(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(SRC))
-    return subprocess.run(
-        [sys.executable, "-m", "postwall", *args], capture_output=True, text=True, env=env
-    )
+postwall = peers.run_postwall
 
 
 MAIN_CF = """# A comment that must survive -e

@@ -7,10 +7,7 @@ defers it (no smtp delivery agent yet), so the queue holds real deferred queue f
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,20 +16,9 @@ import pytest
 
 import peers
 
-SRC = Path(__file__).resolve().parents[2] / "src"
 RCPT_INDENT = " " * 41
 
-
-def postwall(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(SRC))
-    return subprocess.run(
-        [sys.executable, "-m", "postwall", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        input=stdin,
-        timeout=60,
-    )
+postwall = peers.run_postwall
 
 
 def queue_json(config_dir: Path) -> list[dict[str, object]]:

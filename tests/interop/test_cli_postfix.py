@@ -8,11 +8,9 @@ private Postfix instance (tests/peers.PostfixInstance) holding the same two mess
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,44 +19,10 @@ import pytest
 import peers
 from postwall.config import params as P
 
-SRC = Path(__file__).resolve().parents[2] / "src"
-HOWTO_TLS_BLOCK = """
-# TLS server options
-smtpd_tls_security_level = may
-smtpd_tls_auth_only = yes
-smtpd_tls_key_file = /etc/postfix/certs/smtp.key
-smtpd_tls_cert_file = /etc/postfix/certs/smtp.pem
-smtpd_tls_CAfile = /etc/postfix/certs/ca.crt
-smtpd_tls_loglevel = 2
-smtpd_tls_received_header = yes
-smtpd_tls_session_cache_timeout = 3600s
-smtpd_tls_session_cache_database = btree:/var/lib/postfix/smtpd_tls_session_cache
-tls_random_source = dev:/dev/urandom
-smtpd_tls_ask_ccert = yes
-smtpd_tls_req_ccert = no
-smtpd_tls_mandatory_protocols = !SSLv2\x20
-smtpd_tls_mandatory_ciphers = high
-smtpd_tls_mandatory_exclude_ciphers = aNULL, MD5
+BASE_MAIN_CF = (peers.DEBIAN_MAIN_CF, peers.PROTO_MAIN_CF)
+MASTER_PROTO = peers.MASTER_PROTO
 
-# TLS client options
-smtp_use_tls = yes
-smtp_tls_note_starttls_offer = yes
-smtp_tls_loglevel = 1
-"""
-BASE_MAIN_CF = (Path("/usr/share/postfix/main.cf.debian"), Path("/etc/postfix/main.cf.proto"))
-MASTER_PROTO = Path("/etc/postfix/master.cf.proto")
-
-
-def postwall(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(SRC))
-    return subprocess.run(
-        [sys.executable, "-m", "postwall", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        input=stdin,
-        timeout=60,
-    )
+postwall = peers.run_postwall
 
 
 def real(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -71,7 +35,7 @@ def howto_dir(tmp_path: Path) -> Path:
     base = next((p for p in BASE_MAIN_CF if p.exists()), None)
     if base is None or not MASTER_PROTO.exists():
         pytest.skip("Postfix's main.cf/master.cf prototypes are not installed")
-    (tmp_path / "main.cf").write_text(base.read_text() + HOWTO_TLS_BLOCK)
+    (tmp_path / "main.cf").write_text(base.read_text() + peers.HOWTO_TLS_BLOCK)
     shutil.copy(MASTER_PROTO, tmp_path / "master.cf")
     return tmp_path
 

@@ -24,31 +24,6 @@ DEBIAN_MAIN_CF = Path("/usr/share/postfix/main.cf.debian")
 PROTO_MAIN_CF = Path("/etc/postfix/main.cf.proto")
 MASTER_PROTO = Path("/etc/postfix/master.cf.proto")
 
-# The how-to's TLS block, parameter by parameter (trailing blank after !SSLv2 included).
-HOWTO_TLS_BLOCK = """
-# TLS server options
-smtpd_tls_security_level = may
-smtpd_tls_auth_only = yes
-smtpd_tls_key_file = /etc/postfix/certs/smtp.key
-smtpd_tls_cert_file = /etc/postfix/certs/smtp.pem
-smtpd_tls_CAfile = /etc/postfix/certs/ca.crt
-smtpd_tls_loglevel = 2
-smtpd_tls_received_header = yes
-smtpd_tls_session_cache_timeout = 3600s
-smtpd_tls_session_cache_database = btree:/var/lib/postfix/smtpd_tls_session_cache
-tls_random_source = dev:/dev/urandom
-smtpd_tls_ask_ccert = yes
-smtpd_tls_req_ccert = no
-smtpd_tls_mandatory_protocols = !SSLv2\x20
-smtpd_tls_mandatory_ciphers = high
-smtpd_tls_mandatory_exclude_ciphers = aNULL, MD5
-
-# TLS client options
-smtp_use_tls = yes
-smtp_tls_note_starttls_offer = yes
-smtp_tls_loglevel = 1
-"""
-
 
 def base_main_cf() -> str:
     for candidate in (DEBIAN_MAIN_CF, PROTO_MAIN_CF):
@@ -61,7 +36,7 @@ def base_main_cf() -> str:
 def howto_dir(tmp_path: Path) -> Path:
     d = tmp_path / "howto"
     d.mkdir()
-    (d / "main.cf").write_text(base_main_cf() + HOWTO_TLS_BLOCK)
+    (d / "main.cf").write_text(base_main_cf() + peers.HOWTO_TLS_BLOCK)
     if MASTER_PROTO.exists():
         shutil.copy(MASTER_PROTO, d / "master.cf")
     else:
@@ -125,7 +100,7 @@ def test_non_default_matches_postconf_n(howto_dir: Path) -> None:
 def test_every_registry_value_matches_postconf(tmp_path: Path) -> None:
     # mynetworks is set: Postfix computes its default from this host's interfaces.
     (tmp_path / "main.cf").write_text(
-        base_main_cf() + HOWTO_TLS_BLOCK + "mynetworks = 127.0.0.0/8 [::1]/128\n"
+        base_main_cf() + peers.HOWTO_TLS_BLOCK + "mynetworks = 127.0.0.0/8 [::1]/128\n"
         "user_var = 2\nsmtpd_soft_error_limit = $user_var\n"
     )
     # Postfix knows smtp_destination_* only with an smtp service in master.cf.

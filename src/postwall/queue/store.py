@@ -339,7 +339,7 @@ class QueueStore:
         tmpdir = self.directory / _TMP
         for name in os.listdir(tmpdir):
             pid_text = name.split(".", 1)[0]
-            if pid_text.isdigit() and _pid_alive(int(pid_text)):
+            if pid_text.isdigit() and fsutil.pid_alive(int(pid_text)):
                 continue
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmpdir / name)
@@ -744,16 +744,6 @@ class QueueStore:
             return path.read_text().rstrip("\n")
         except FileNotFoundError:
             return None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _one_line(text: str) -> str:

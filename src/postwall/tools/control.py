@@ -20,6 +20,7 @@ import signal
 import time
 from pathlib import Path
 
+from postwall import fsutil
 from postwall.config import Config
 
 from . import ToolError, load_config
@@ -56,26 +57,13 @@ def master_pid(config: Config) -> int | None:
 
 
 def _is_postwall(pid: int) -> bool:
+    if not fsutil.pid_alive(pid):
+        return False
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
     return b"postwall" in cmdline
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie still answers kill(0) but has exited.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def catches(pid: int, signum: int) -> bool:
@@ -118,7 +106,7 @@ def cmd_control(args: argparse.Namespace) -> int:
     print("postwall: stopping the postwall mail system")
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_TIMEOUT
-    while _alive(pid):
+    while fsutil.pid_alive(pid):
         if time.monotonic() > deadline:
             raise ToolError(f"PID {pid} did not exit within {STOP_TIMEOUT:g}s")
         time.sleep(0.05)
