@@ -33,6 +33,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
+from postwall.fsutil import pid_alive
+
 REPO = Path(__file__).resolve().parent.parent
 SRC = REPO / "src"
 T = TypeVar("T")
@@ -449,19 +451,6 @@ def ensure_multi_instance() -> None:
             _run(["postmulti", "-e", "init"])
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed process nobody has reaped yet is a zombie: dead for our purposes
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def list_instances() -> list[str]:
     out = _run(["postmulti", "-l", "-a"], check=False)
     return [line.split()[0] for line in out.splitlines() if line.strip()]
@@ -472,7 +461,7 @@ def sweep_stale_instances() -> list[str]:
     removed = []
     for name in list_instances():
         m = _INSTANCE_RE.match(name)
-        if m and not _pid_alive(int(m.group(1))):
+        if m and not pid_alive(int(m.group(1))):
             PostfixInstance(name, port=None).destroy()
             removed.append(name)
     return removed
@@ -723,7 +712,7 @@ class PostfixInstance:
             pid = int((self.queue_dir / "pid" / "master.pid").read_text().split()[0])
         except (OSError, ValueError, IndexError):
             return None
-        return pid if _pid_alive(pid) else None
+        return pid if pid_alive(pid) else None
 
     def start(self) -> PostfixInstance:
         """Start master directly: `master -w` returns once the daemon is initialized, and skips
@@ -756,12 +745,12 @@ class PostfixInstance:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
         try:
-            wait_for(lambda: not _pid_alive(pid), timeout, f"{self.name} master to exit")
+            wait_for(lambda: not pid_alive(pid), timeout, f"{self.name} master to exit")
         except PeerError:
             # master calls setsid(): its group is exactly this instance's processes.
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
-            wait_for(lambda: not _pid_alive(pid), 5, f"{self.name} master to die")
+            wait_for(lambda: not pid_alive(pid), 5, f"{self.name} master to die")
 
     def destroy(self) -> None:
         """Stop, purge the queue, disable and destroy the instance, remove its files. Safe to

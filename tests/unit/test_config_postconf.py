@@ -20,9 +20,9 @@ from postwall.config.postconf import (
     format_selected,
 )
 
-DEBIAN_MAIN_CF = Path("/usr/share/postfix/main.cf.debian")
-PROTO_MAIN_CF = Path("/etc/postfix/main.cf.proto")
-MASTER_PROTO = Path("/etc/postfix/master.cf.proto")
+DEBIAN_MAIN_CF = peers.DEBIAN_MAIN_CF
+PROTO_MAIN_CF = peers.PROTO_MAIN_CF
+MASTER_PROTO = peers.MASTER_PROTO
 
 
 def base_main_cf() -> str:
