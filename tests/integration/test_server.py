@@ -455,3 +455,25 @@ def test_req_ccert_on_an_encrypt_service_from_master_cf(postwall_factory, certs)
                 s.noop()
     server.wait_log(r"NOQUEUE: abort: TLS from \S+: Client certificate not trusted")
     server.wait_log(r"NOQUEUE: abort: TLS from \S+: No client certificate presented")
+
+
+def test_commands_pipelined_before_the_greeting_then_eof_are_answered(postwall_factory):
+    """A client that writes a whole session and half-closes at once (`printf ... | nc -N`)
+    still gets every reply, and its message is queued."""
+    server = postwall_factory()
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sock.sendall(
+        b"EHLO x\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<root@localhost>\r\nDATA\r\n"
+        b"Subject: early\r\n\r\nbefore the banner\r\n.\r\nQUIT\r\n"
+    )
+    sock.shutdown(socket.SHUT_WR)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    sock.close()
+    lines = data.decode().splitlines()
+    assert lines[0].startswith("220 ")
+    assert "250 2.0.0 Ok: queued as" in data.decode(), lines
+    assert lines[-1] == "221 2.0.0 Bye"
+    peers.wait_maildir(server.maildir("root"))
+    server.wait_log(r"improper command pipelining after CONNECT from ")

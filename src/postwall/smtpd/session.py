@@ -86,6 +86,7 @@ class SmtpSession(asyncio.Protocol):
         self.closed = False
         self.ended = False  # the disconnect line was logged
         self.early: list[bytes] = []  # bytes that arrived before the greeting
+        self.early_eof = False
         self.last_activity = time.monotonic()
         self.timer: asyncio.TimerHandle | None = None
 
@@ -128,10 +129,16 @@ class SmtpSession(asyncio.Protocol):
         if reply is not None:
             self._log_reject("CONNECT", reply)
         self.conn.greeting(reply)
-        self._flush()
+        # Fed before the banner is taken, so the core reports what the client sent
+        # before it as "improper command pipelining after CONNECT", as Postfix does.
         early, self.early = self.early, []
         for chunk in early:
             self.conn.receive_data(chunk)
+        self._flush()
+        if self.early_eof:
+            self.conn.receive_data(b"")
+        elif self.transport is not None:
+            self.transport.resume_reading()
         self._pump()
 
     def data_received(self, data: bytes) -> None:
@@ -152,7 +159,9 @@ class SmtpSession(asyncio.Protocol):
                 self._feed(b"")
         except Exception as exc:
             self._crash(exc)
-        return None
+        # Keep our half open: replies to what the client pipelined before its EOF (even
+        # before the greeting) still go out; the session closes once the core is done.
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.started:
@@ -173,10 +182,14 @@ class SmtpSession(asyncio.Protocol):
 
     def _feed(self, plaintext: bytes) -> None:
         if not self.started:
+            # Before the greeting (peer name lookup): keep what the client pipelined,
+            # and its EOF, for after the banner; past a bound, let TCP hold the rest.
             if plaintext:
                 self.early.append(plaintext)
+                if sum(map(len, self.early)) > _MAX_BUFFERED and self.transport is not None:
+                    self.transport.pause_reading()
             else:
-                self._close()
+                self.early_eof = True
             return
         self.conn.receive_data(plaintext)
         if not self.busy:
@@ -191,8 +204,8 @@ class SmtpSession(asyncio.Protocol):
             plaintext = self.tls.receive(data)
         except TLSError as exc:
             self._write_raw(self.tls.data_to_send())
-            for line in exc.details:
-                self.log.warning("smtpd", logfmt.tls_library_problem(line))
+            for line in exc.details:  # already worded "TLS library problem: ..."
+                self.log.warning("smtpd", line)
             self._tls_failed(exc.reason, logged=True)
             return
         self._write_raw(self.tls.data_to_send())
@@ -416,6 +429,10 @@ class SmtpSession(asyncio.Protocol):
             early, self.early = self.early, []
             for chunk in early:
                 self._tls_received(chunk)
+            if self.early_eof and not self.closed:
+                self._tls_failed("lost connection")
+            elif self.transport is not None:
+                self.transport.resume_reading()
 
     def _tls_ready(self) -> None:
         assert self.tls is not None and self.svc.tls is not None
