@@ -194,3 +194,13 @@ def test_xtext_round_trip() -> None:
         assert xtext_decode(xtext_encode(text)) == text
     assert xtext_decode("a+2") is None
     assert xtext_decode("a=b") is None
+
+
+@pytest.mark.parametrize(
+    "arg", ['TO:<"a\rb"@localhost>', 'TO:<"a\x00b"@localhost>', 'TO:<"a\x7fb"@x>']
+)
+def test_control_characters_are_refused_even_inside_quotes(arg: str) -> None:
+    # Found by a random-session load: a CR in a quoted local part reached a reply text.
+    with pytest.raises(ArgumentError) as exc:
+        parse_rcpt(arg)
+    assert str(exc.value.reply) == "501 5.1.3 Bad recipient address syntax"

@@ -101,3 +101,12 @@ def test_malformed_replies_are_refused(code: int, status: str, text: str) -> Non
 )
 def test_postfix_reply_bytes(reply: Reply, wire: bytes) -> None:
     assert reply.to_bytes() == wire + b"\r\n"
+
+
+def test_client_text_in_replies_cannot_carry_control_characters() -> None:
+    # Found by a random-session load: "MAIL FROM:<a@b> X=1\rY" echoed a CR.
+    assert (
+        replies.unsupported_option("X=1\rY").to_bytes()
+        == b"555 5.5.4 Unsupported option: X=1?Y\r\n"
+    )
+    assert replies.cannot_verify("a\x00b").to_bytes() == b"252 2.0.0 a?b\r\n"

@@ -144,6 +144,10 @@ def _valid_domain(domain: str) -> bool:
 def _valid_local(local: str) -> bool:
     quoted = escaped = False
     for ch in local:
+        if ord(ch) < 32 or ch == "\x7f":
+            # RFC 5321 4.1.2: no control characters, quoted or not (a CR here could
+            # otherwise travel into replies, logs and headers).
+            return False
         if escaped:
             escaped = False
         elif ch == "\\":

@@ -116,8 +116,14 @@ BAD_ENVID = Reply(501, "5.5.4", "Bad ENVID parameter syntax")
 MULTIPLE_AUTH = Reply(503, "5.5.4", "Error: multiple AUTH= options")
 
 
+def printable(text: str) -> str:
+    """Client text echoed in a reply, with control characters as "?" (Postfix's
+    printable()): a CR or NUL from the peer can never split or end a reply line."""
+    return "".join("?" if ord(c) < 32 or c == "\x7f" else c for c in text)
+
+
 def unsupported_option(param: str) -> Reply:
-    return Reply(555, "5.5.4", f"Unsupported option: {param}")  # RFC 5321 4.1.1.11
+    return Reply(555, "5.5.4", f"Unsupported option: {printable(param)}")  # RFC 5321 4.1.1.11
 
 
 # RCPT (RFC 5321 4.1.1.3, RFC 3461 4).
@@ -175,7 +181,7 @@ def vrfy_syntax(smtputf8: bool) -> Reply:
 
 
 def cannot_verify(arg: str) -> Reply:
-    return Reply(252, "2.0.0", arg)
+    return Reply(252, "2.0.0", printable(arg))
 
 
 # ETRN (RFC 1985 5). Postfix sends these without enhanced codes.
@@ -188,7 +194,7 @@ UNABLE_TO_QUEUE = Reply(458, "", "Unable to queue messages")
 
 
 def etrn_unavailable(domain: str) -> Reply:
-    return Reply(459, "", f"<{domain}>: service unavailable")
+    return Reply(459, "", f"<{printable(domain)}>: service unavailable")
 
 
 # AUTH (RFC 4954 4, 6).

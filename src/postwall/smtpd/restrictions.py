@@ -21,7 +21,7 @@ from enum import Enum
 from postwall.config.network import Networks
 from postwall.config.params import Params
 from postwall.resolve import AddressClass, AddressResolver
-from postwall.smtp.replies import Reply
+from postwall.smtp.replies import Reply, printable
 
 
 class Stage(Enum):
@@ -176,7 +176,8 @@ class Restrictions:
         return Reply(
             code,
             _status(code, "1.1"),
-            f"<{recipient}>: Recipient address rejected: User unknown in local recipient table",
+            f"<{printable(recipient)}>: Recipient address rejected: "
+            "User unknown in local recipient table",
         )
 
     def _unauth_destination(self, code: int, recipient: str | None) -> Verdict:
@@ -184,7 +185,7 @@ class Restrictions:
             return None
         if self._resolver.classify(recipient) is not AddressClass.REMOTE:
             return None
-        return Reply(code, _status(code, "7.1"), f"<{recipient}>: Relay access denied")
+        return Reply(code, _status(code, "7.1"), f"<{printable(recipient)}>: Relay access denied")
 
     def in_mynetworks(self, client: ClientState) -> bool:
         return self._networks.match(client.addr)
@@ -239,7 +240,8 @@ def _generic(code: int) -> Callable[[Restrictions], Check]:
     def factory(r: Restrictions) -> Check:
         def check(_client: ClientState, _arg: str | None, what: tuple[str, str]) -> Verdict:
             shown, label = what
-            return Reply(code, _status(code, "7.1"), f"{shown}: {label} rejected: Access denied")
+            text = f"{printable(shown)}: {label} rejected: Access denied"
+            return Reply(code, _status(code, "7.1"), text)
 
         return check
 

@@ -19,7 +19,9 @@ import asyncio
 import contextlib
 import socket
 import time
+import traceback
 from dataclasses import dataclass
+from pathlib import Path
 
 from postwall import logfmt
 from postwall.cleanup import Cleanup, Submission
@@ -533,7 +535,12 @@ class SmtpSession(asyncio.Protocol):
         self._close()
 
     def _crash(self, exc: BaseException) -> None:
-        self.log.warning("smtpd", f"{self.peer}: session aborted: internal error: {exc!r}")
+        # One log line with where it happened; the peer gets no details.
+        frames = traceback.extract_tb(exc.__traceback__)[-3:]
+        where = " < ".join(f"{Path(f.filename).name}:{f.lineno}" for f in reversed(frames))
+        self.log.warning(
+            "smtpd", f"{self.peer}: session aborted: internal error: {exc!r} at {where}"
+        )
         if self.started:
             self._log_end("")
         self._close()
