@@ -23,7 +23,7 @@ from postwall.queue.records import Envelope, Recipient
 from postwall.queue.store import QueueStore
 from postwall.smtp.replies import Reply
 
-_MISSING_CHECKED = (b"message-id", b"date", b"from", b"to", b"resent-message-id")
+_MISSING_CHECKED = frozenset({b"message-id", b"date", b"from", b"to", b"resent-message-id"})
 
 
 @dataclass(slots=True)
@@ -75,7 +75,7 @@ class Cleanup:
 
     async def submit(self, sub: Submission) -> Reply | None:
         """Queue the message durably; None on success, else the reply for the client."""
-        headers = self._added_headers(sub)
+        headers, message_id = self._added_headers(sub)
         content = b"".join(headers) + sub.content
         envelope = Envelope(
             queue_id=sub.queue_id,
@@ -94,7 +94,6 @@ class Cleanup:
             smtputf8=sub.smtputf8,
             size=len(content),
         )
-        message_id = _header_value(content, b"message-id")
         self._log.info("cleanup", logfmt.cleanup_message_id(sub.queue_id, message_id))
         try:
             await self._store.commit(envelope, content)
@@ -107,21 +106,24 @@ class Cleanup:
 
     # -- headers -------------------------------------------------------------
 
-    def _added_headers(self, sub: Submission) -> list[bytes]:
+    def _added_headers(self, sub: Submission) -> tuple[list[bytes], str | None]:
+        """The headers cleanup prepends, and the message's Message-ID (for the log)."""
         now = time.time()
         added = [self._received(sub, now)]
+        present = _scan_headers(sub.content)
+        message_id = present.get(b"message-id")
         if sub.rewrite_headers or self._always_add:
-            present = _present_headers(sub.content)
             if b"message-id" not in present:
                 stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(now))
-                added.append(f"Message-Id: <{stamp}.{sub.queue_id}@{self._hostname}>\r\n".encode())
+                message_id = f"<{stamp}.{sub.queue_id}@{self._hostname}>"
+                added.append(f"Message-Id: {message_id}\r\n".encode())
             if b"date" not in present:
                 added.append(f"Date: {_rfc5322_date(now)}\r\n".encode())
             if b"from" not in present:
                 added.append(f"From: {sub.sender or 'MAILER-DAEMON'}\r\n".encode())
             if b"to" not in present:
                 added.append(b"To: undisclosed-recipients:;\r\n")
-        return added
+        return added, message_id
 
     def _received(self, sub: Submission, now: float) -> bytes:
         addr = f"IPv6:{sub.client_addr}" if ":" in sub.client_addr else sub.client_addr
@@ -139,34 +141,24 @@ class Cleanup:
         return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")
 
 
-def _header_block(content: bytes) -> bytes:
+def _scan_headers(content: bytes) -> dict[bytes, str]:
+    """One pass over the header block: the first value (unfolded) of each header
+    cleanup cares about, by lower-case name."""
     end = content.find(b"\r\n\r\n")
-    return content if end < 0 else content[: end + 2]
-
-
-def _present_headers(content: bytes) -> set[bytes]:
-    names = set()
-    for line in _header_block(content).split(b"\r\n"):
-        if line[:1] in (b" ", b"\t") or b":" not in line:
+    block = content if end < 0 else content[: end + 2]
+    found: dict[bytes, list[bytes]] = {}
+    current: list[bytes] | None = None
+    for line in block.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t"):
+            if current is not None:
+                current.append(line.strip())
             continue
-        names.add(line.split(b":", 1)[0].strip().lower())
-    return names & set(_MISSING_CHECKED)
-
-
-def _header_value(content: bytes, name: bytes) -> str | None:
-    value: list[bytes] | None = None
-    for line in _header_block(content).split(b"\r\n"):
-        if value is not None:
-            if line[:1] in (b" ", b"\t"):
-                value.append(line.strip())
-                continue
-            break
         head, sep, rest = line.partition(b":")
-        if sep and head.strip().lower() == name:
-            value = [rest.strip()]
-    if value is None:
-        return None
-    return b" ".join(value).decode("utf-8", "replace")
+        name = head.strip().lower()
+        current = None
+        if sep and name in _MISSING_CHECKED and name not in found:
+            current = found[name] = [rest.strip()]
+    return {name: b" ".join(v).decode("utf-8", "replace") for name, v in found.items()}
 
 
 _date_cache: tuple[int, str] = (-1, "")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from postwall import __version__, embedded
-from postwall.tools import ToolError, certs, check, control, postconf, queue
+from postwall.tools import ToolError, add_config_option, certs, check, control, postconf, queue
 
 
 class _Parser(argparse.ArgumentParser):
@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
             "listening on 127.0.0.1:2525, Maildirs under the data directory."
         ),
     )
-    start.add_argument("-c", dest="config_dir", metavar="DIR", help="configuration directory")
+    add_config_option(start)
     start.set_defaults(func=cmd_start)
     for module in (postconf, check, queue, certs, control):
         module.register(sub)

@@ -88,6 +88,7 @@ class SmtpSession(asyncio.Protocol):
         self.closed = False
         self.ended = False  # the disconnect line was logged
         self.early: list[bytes] = []  # bytes that arrived before the greeting
+        self.early_bytes = 0  # a running total: summing the list per packet is quadratic
         self.early_eof = False
         self.last_activity = time.monotonic()
         self.timer: asyncio.TimerHandle | None = None
@@ -188,7 +189,8 @@ class SmtpSession(asyncio.Protocol):
             # and its EOF, for after the banner; past a bound, let TCP hold the rest.
             if plaintext:
                 self.early.append(plaintext)
-                if sum(map(len, self.early)) > _MAX_BUFFERED and self.transport is not None:
+                self.early_bytes += len(plaintext)
+                if self.early_bytes > _MAX_BUFFERED and self.transport is not None:
                     self.transport.pause_reading()
             else:
                 self.early_eof = True

@@ -10,6 +10,7 @@ queue through `QueueStore`'s sync API, certificates through `postwall.tls.certs`
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from pathlib import Path
@@ -40,3 +41,8 @@ def load_config(arg: str | None) -> Config:
 
 def warn(text: str) -> None:
     print(f"postwall: warning: {text}", file=sys.stderr)
+
+
+def add_config_option(parser: argparse.ArgumentParser) -> None:
+    """Postfix's `-c DIR`, which every command takes."""
+    parser.add_argument("-c", dest="config_dir", metavar="DIR", help="configuration directory")

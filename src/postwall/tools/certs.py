@@ -29,7 +29,7 @@ from cryptography import x509
 from postwall.config import Config
 from postwall.tls import certs
 
-from . import ToolError, load_config, warn
+from . import ToolError, add_config_option, load_config, warn
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "(mode 0600) for $myhostname, and optionally a client certificate as PEM and "
         "PKCS#12. Existing files are kept.",
     )
-    init.add_argument("-c", dest="config_dir", metavar="DIR", help="configuration directory")
+    add_config_option(init)
     init.add_argument("--client", metavar="NAME", help="also issue a client certificate")
     init.add_argument("--p12", metavar="PASSWORD", help="also write NAME.p12 (with --client)")
     init.set_defaults(func=cmd_init)
@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="describe the configured certificate, key and CA file",
         description="Describe smtpd_tls_cert_file, smtpd_tls_key_file and smtpd_tls_CAfile.",
     )
-    show.add_argument("-c", dest="config_dir", metavar="DIR", help="configuration directory")
+    add_config_option(show)
     show.set_defaults(func=cmd_show)
 
 

@@ -25,7 +25,7 @@ from postwall.smtpd.restrictions import NotSupported, Restrictions
 from postwall.tls import certs
 from postwall.tls.policy import ServerTLS, TLSConfigError
 
-from . import config_dir, warn
+from . import add_config_option, config_dir, warn
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Validate main.cf and master.cf, the certificates, keys and lookup "
         "tables they name; print every problem with file:line; exit 1 on errors.",
     )
-    p.add_argument("-c", dest="config_dir", metavar="DIR", help="configuration directory")
+    add_config_option(p)
     p.set_defaults(func=cmd_check)
 
 

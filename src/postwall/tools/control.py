@@ -23,7 +23,7 @@ from pathlib import Path
 from postwall import fsutil
 from postwall.config import Config
 
-from . import ToolError, load_config
+from . import ToolError, add_config_option, load_config
 
 STOP_TIMEOUT = 30.0  # master lets sessions finish for 5 s and deliveries for up to 30 s
 
@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     }
     for name, text in helps.items():
         p = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
-        p.add_argument("-c", dest="config_dir", metavar="DIR", help="configuration directory")
+        add_config_option(p)
         p.set_defaults(func=cmd_control, action=name)
 
 

@@ -28,7 +28,7 @@ from postwall.config.postconf import (
     format_selected,
 )
 
-from . import ToolError, config_dir, load_config, warn
+from . import ToolError, add_config_option, config_dir, load_config, warn
 
 # postconf -M column starts (name, type, private, unpriv, chroot, wakeup, maxproc, command),
 # as Postfix 3.7 prints them; a long field pushes the next one right by one space.
@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         add_help=False,  # -h is postconf's "values only"
     )
     p.add_argument("--help", action="help", help="show this help message and exit")
-    p.add_argument("-c", dest="config_dir", metavar="DIR", help="configuration directory")
+    add_config_option(p)
     p.add_argument("-n", action="store_true", help="only parameters set in main.cf")
     p.add_argument("-d", action="store_true", help="default values")
     p.add_argument("-x", action="store_true", help="expand $name in values")

@@ -36,7 +36,7 @@ from postwall.config import Config
 from postwall.log import SYSLOG_SOCKET, MailLog
 from postwall.queue import CorruptQueueFile, QueueStore, State, is_queue_id
 
-from . import ToolError, load_config, warn
+from . import ToolError, add_config_option, load_config, warn
 from .control import master_pid, wake_master
 
 LISTED: tuple[State, ...] = ("incoming", "active", "deferred", "hold")
@@ -60,7 +60,7 @@ class Entry:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     m = sub.add_parser("mailq", help="list the mail queue (postqueue -p)")
-    m.add_argument("-c", dest="config_dir", metavar="DIR", help="configuration directory")
+    add_config_option(m)
     m.set_defaults(func=cmd_mailq)
 
     q = sub.add_parser(
@@ -69,7 +69,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="-p lists the queue as mailq, -j as JSON lines, -f attempts every "
         "deferred message now, -i ID attempts one message now.",
     )
-    q.add_argument("-c", dest="config_dir", metavar="DIR", help="configuration directory")
+    add_config_option(q)
     action = q.add_mutually_exclusive_group(required=True)
     action.add_argument("-p", action="store_true", help="list the queue")
     action.add_argument("-j", action="store_true", help="list the queue as JSON, one per line")
@@ -87,7 +87,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         add_help=False,  # -h is postsuper's hold
     )
     s.add_argument("--help", action="help", help="show this help message and exit")
-    s.add_argument("-c", dest="config_dir", metavar="DIR", help="configuration directory")
+    add_config_option(s)
     s.add_argument("-d", metavar="ID", action="append", default=[], help="delete")
     s.add_argument("-h", metavar="ID", action="append", default=[], help="put on hold")
     s.add_argument("-H", metavar="ID", action="append", default=[], help="release from hold")
