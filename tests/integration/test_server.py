@@ -477,3 +477,14 @@ def test_commands_pipelined_before_the_greeting_then_eof_are_answered(postwall_f
     assert lines[-1] == "221 2.0.0 Bye"
     peers.wait_maildir(server.maildir("root"))
     server.wait_log(r"improper command pipelining after CONNECT from ")
+
+
+def test_idle_client_is_dropped_after_smtpd_timeout(postwall_factory):
+    server = postwall_factory(params={"smtpd_timeout": "2s"})
+    c = Raw(server.port)
+    c.send(b"EHLO x\r\n")
+    c.reply()
+    c.sock.settimeout(10)
+    assert c.reply() == "421 4.4.2 postwall.test Error: timeout exceeded"
+    server.wait_log(r"timeout after EHLO from \S+\[127\.0\.0\.1\]")
+    server.wait_log(r"disconnect from \S+ ehlo=1 commands=1")
