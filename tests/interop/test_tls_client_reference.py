@@ -1,4 +1,4 @@
-"""Our client engine against the running reference Postfix, compared with posttls-finger.
+"""Our client TLS engine against a private reference Postfix, compared with posttls-finger.
 
 posttls-finger shares Postfix's TLS client code, so its log lines for the same server are
 what tls_client.c would write; our describe() output must be identical.
@@ -6,41 +6,33 @@ what tls_client.c would write; our describe() output must be identical.
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
-from pathlib import Path
 
 import pytest
 
+import peers
 from postwall.tls import describe
 from postwall.tls.client import ClientTLS, ClientTLSSettings
 from postwall.tls.engine import TLSInfo, TLSSession
 
-CA = Path("/etc/postfix/certs/ca.crt")
-PEER = "127.0.0.1[127.0.0.1]:25"
+pytestmark = pytest.mark.interop
 
 
-def _reference_up() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 25), timeout=2) as s:
-            return s.recv(512).startswith(b"220 ")
-    except OSError:
-        return False
+@pytest.fixture(scope="module")
+def port(reference_postfix: peers.PostfixInstance) -> int:
+    peers.require_tool("posttls-finger")
+    assert reference_postfix.port is not None
+    return reference_postfix.port
 
 
-pytestmark = [
-    pytest.mark.interop,
-    pytest.mark.skipif(
-        shutil.which("posttls-finger") is None or not _reference_up(),
-        reason="reference Postfix on 127.0.0.1:25 or posttls-finger not available",
-    ),
-]
+def _peer(port: int) -> str:
+    return f"127.0.0.1[127.0.0.1]:{port}"
 
 
-def _finger(*args: str) -> list[str]:
+def _finger(port: int, *args: str) -> list[str]:
     out = subprocess.run(
-        ["posttls-finger", "-c", *args, "[127.0.0.1]:25", "vm"],
+        ["posttls-finger", "-c", *args, f"[127.0.0.1]:{port}", "localhost"],
         capture_output=True,
         text=True,
         timeout=30,
@@ -60,15 +52,15 @@ def _read_reply(sock: socket.socket) -> bytes:
             return data
 
 
-def _starttls(ct: ClientTLS, **kw: object) -> tuple[TLSInfo, list[str]]:
+def _starttls(ct: ClientTLS, port: int, **kw: object) -> tuple[TLSInfo, list[str]]:
     lines: list[str] = []
-    with socket.create_connection(("127.0.0.1", 25), timeout=10) as sock:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         assert _read_reply(sock).startswith(b"220 ")
         sock.sendall(b"EHLO postwall.test\r\n")
         assert b"STARTTLS" in _read_reply(sock)
         sock.sendall(b"STARTTLS\r\n")
         assert _read_reply(sock).startswith(b"220 2.0.0")
-        sess: TLSSession = ct.new_session(PEER, log=lines.append, **kw)  # type: ignore[arg-type]
+        sess: TLSSession = ct.new_session(_peer(port), log=lines.append, **kw)  # type: ignore[arg-type]
         while not sess.handshake_done:
             sock.sendall(sess.data_to_send())
             sess.receive(sock.recv(65536))
@@ -84,23 +76,23 @@ def _starttls(ct: ClientTLS, **kw: object) -> tuple[TLSInfo, list[str]]:
         return sess.info, lines
 
 
-def test_opportunistic_client_matches_posttls_finger() -> None:
-    ref = _finger("-l", "may", "-L", "2")
+def test_opportunistic_client_matches_posttls_finger(port: int) -> None:
+    ref = _finger(port, "-l", "may", "-L", "2")
     ct = ClientTLS(ClientTLSSettings(smtp_tls_security_level="may", smtp_tls_loglevel=2))
-    info, lines = _starttls(ct)
-    assert describe.cipher_list_line(PEER, ct.cipher_lists["may"]) in ref
-    assert describe.peer_cert_lines(info)[0] in ref  # subject_CN=vm, issuer_CN=..., fingerprints
+    info, lines = _starttls(ct, port)
+    assert describe.cipher_list_line(_peer(port), ct.cipher_lists["may"]) in ref
+    assert describe.peer_cert_lines(info)[0] in ref  # subject_CN, issuer_CN, fingerprints
     assert describe.established(info) in ref  # "Untrusted TLS connection established to ..."
     assert [ln for ln in lines if "depth=" in ln] == [ln for ln in ref if "depth=" in ln]
 
 
-def test_secure_client_with_ca_matches_posttls_finger() -> None:
-    if not CA.exists():
-        pytest.skip("reference CA not present")
-    ref = _finger("-l", "secure", "-F", str(CA), "-L", "summary")
-    settings = ClientTLSSettings(smtp_tls_security_level="secure", smtp_tls_CAfile=str(CA))
+def test_secure_client_with_ca_matches_posttls_finger(port: int, certs: peers.TestCerts) -> None:
+    ref = _finger(port, "-l", "secure", "-F", str(certs.ca_cert), "-L", "summary")
+    settings = ClientTLSSettings(
+        smtp_tls_security_level="secure", smtp_tls_CAfile=str(certs.ca_cert)
+    )
     ct = ClientTLS(settings)
-    info, _ = _starttls(ct, nexthop="vm", mx_hostname="127.0.0.1")
+    info, _ = _starttls(ct, port, nexthop="localhost", mx_hostname="127.0.0.1")
     assert info.trust == "Verified"
     assert describe.established(info) in ref
     assert ct.cipher_lists["secure"].endswith(":!aNULL")
