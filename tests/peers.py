@@ -993,6 +993,18 @@ class PostwallServer:
         """SIGKILL the whole process group: a crash, nothing gets to clean up."""
         return self._signal(signal.SIGKILL, 10, group=True)
 
+    def reload(self) -> None:
+        """SIGHUP (after `write_config`); returns once the reload is logged."""
+        before = self.log_text().count(": reload -- version")
+        assert self.pid is not None
+        os.kill(self.pid, signal.SIGHUP)
+        wait_for(
+            lambda: self.log_text().count(": reload -- version") > before,
+            15,
+            "postwall to log its reload",
+            detail=lambda: tail(self.log_text()),
+        )
+
     def restart(self) -> PostwallServer:
         if self.running:
             self.stop()

@@ -29,7 +29,16 @@ from postwall.cleanup import Cleanup
 from postwall.config import Config, ConfigError, Service, load
 from postwall.config.network import Networks
 from postwall.config.params import Params
-from postwall.delivery.agents import LocalAgent, discard_agent, discard_now
+from postwall.delivery.agents import (
+    Agent,
+    LocalAgent,
+    SyncAgent,
+    discard_agent,
+    discard_now,
+    error_agent,
+    retry_agent,
+)
+from postwall.delivery.smtp import SmtpAgent
 from postwall.log import MailLog
 from postwall.qmgr import QueueManager
 from postwall.queue.store import QueueStore
@@ -107,6 +116,45 @@ def build_smtpd_services(config: Config, log: MailLog, cleanup: Cleanup) -> dict
     return services
 
 
+@dataclass
+class Delivery:
+    """The queue manager's view of one configuration: resolver and agents."""
+
+    resolver: AddressResolver
+    agents: dict[str, Agent]
+    sync_agents: dict[str, SyncAgent]
+    smtp: SmtpAgent
+
+
+def build_delivery(config: Config, log: MailLog) -> Delivery:
+    """The delivery agents of main.cf; StartupError naming file:line if one cannot start."""
+    params = config.params
+    try:
+        resolver = AddressResolver.from_params(params)
+        local = LocalAgent(params, resolver)
+        smtp = SmtpAgent(params, log)
+    except TLSConfigError as exc:
+        setting = config.settings.get(exc.parameter)
+        where = setting.where if setting else f"{config.params.config_directory}/main.cf"
+        raise StartupError([f"{where}: {exc}"]) from None
+    except (ValueError, OSError) as exc:  # a lookup table that cannot be opened
+        raise StartupError([f"{config.params.config_directory}/main.cf: {exc}"]) from None
+    return Delivery(
+        resolver,
+        # "relay" is Postfix's second smtp(8) transport in the stock master.cf.
+        {
+            "local": local,
+            "discard": discard_agent,
+            "smtp": smtp,
+            "relay": smtp,
+            "error": error_agent,
+            "retry": retry_agent,
+        },
+        {"discard": discard_now},
+        smtp,
+    )
+
+
 def _server_tls(params: Params) -> ServerTLS | None:
     tls = ServerTLS.from_params(params)
     if not tls.offered and not tls.wrappermode:
@@ -141,18 +189,14 @@ class Master:
         for warning in config.warnings:
             self.log.warning("postwall", warning)
         self.store = QueueStore(Path(params.queue_directory))
-        try:
-            resolver = AddressResolver.from_params(params)
-            local = LocalAgent(params, resolver)
-        except ValueError as exc:  # a lookup table that cannot be opened
-            raise StartupError([f"{self.config_dir}/main.cf: {exc}"]) from None
+        self.delivery = build_delivery(config, self.log)
         self.qmgr = QueueManager(
             params,
             self.store,
             self.log,
-            resolver,
-            agents={"local": local, "discard": discard_agent},
-            sync_agents={"discard": discard_now},
+            self.delivery.resolver,
+            agents=self.delivery.agents,
+            sync_agents=self.delivery.sync_agents,
         )
         self.cleanup = Cleanup(params, self.store, self.log, on_commit=self.qmgr.wake)
         services = build_smtpd_services(config, self.log, self.cleanup)
@@ -212,6 +256,7 @@ class Master:
         try:
             config = self.load()
             services = build_smtpd_services(config, self.log, self.cleanup)
+            delivery = build_delivery(config, self.log)
         except StartupError as exc:
             for problem in exc.problems:
                 self.log.warning(
@@ -223,6 +268,11 @@ class Master:
             if name in services:
                 # New sessions get the new settings; open sessions keep theirs.
                 listener.current = services[name]
+        old, self.delivery = self.delivery, delivery
+        self.qmgr.reconfigure(
+            config.params, delivery.resolver, delivery.agents, delivery.sync_agents
+        )
+        await old.smtp.close()
         self.log.info("master", logfmt.master_reload(__version__, str(self.config_dir)))
 
     async def _shutdown(self, qmgr_task: asyncio.Task[None]) -> None:
@@ -236,6 +286,7 @@ class Master:
         for session in sessions:
             session.abort()
         await self.qmgr.stop()
+        await self.delivery.smtp.close()
         qmgr_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await qmgr_task

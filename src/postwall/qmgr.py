@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from postwall import logfmt
@@ -52,6 +53,78 @@ class _Attempt:
     removed: bool = False  # every recipient done and the file unlinked
 
 
+class _Site:
+    """One destination's delivery window: Postfix's slow start (initial_destination_
+    concurrency, +1 per good delivery up to the destination's limit, -1 per failed
+    connection) and its dead-destination throttle (after a delivery where no host
+    could be reached, the site's mail is deferred at once until minimal_backoff_time
+    has passed or a flush)."""
+
+    def __init__(
+        self,
+        sites: dict[tuple[str, str, str], _Site],
+        key: tuple[str, str, str],
+        *,
+        limit: int,
+        window: int,
+        backoff: float,
+    ) -> None:
+        self._sites = sites
+        self._key = key
+        self.limit = limit
+        self.window = max(1, window)
+        self.backoff = backoff
+        self.busy = 0
+        self.dead_until = 0.0
+        self.dead_reason: DeliveryResult | None = None
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def dead(self) -> bool:
+        if self.dead_reason is not None and time.monotonic() >= self.dead_until:
+            self.dead_reason = None
+        return self.dead_reason is not None
+
+    async def __aenter__(self) -> None:
+        while self.busy >= self.window:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+                raise
+        self.busy += 1
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.busy -= 1
+        self._wake()
+        if not self.busy and not self._waiters and not self.dead:
+            self._sites.pop(self._key, None)
+
+    def _wake(self) -> None:
+        free = self.window - self.busy
+        while free > 0 and self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                free -= 1
+
+    def feedback(self, results: list[AgentResult]) -> None:
+        if results and all(r.relay == "none" and r.result.status == "deferred" for r in results):
+            self.window = max(1, self.window - 1)
+            self.dead_reason = results[0].result
+            self.dead_until = time.monotonic() + self.backoff
+        elif any(r.relay != "none" for r in results):
+            self.window = min(self.limit, self.window + 1)
+            self.dead_reason = None
+            self._wake()
+
+    def revive(self) -> None:
+        self.dead_reason = None
+
+
 class QueueManager:
     def __init__(
         self,
@@ -75,9 +148,28 @@ class QueueManager:
         # fresh queue file holds, so it need not be read back.
         self._fresh: dict[str, Envelope] = {}
         self._in_flight: set[str] = set()
+        self._again: set[str] = set()  # flushed while in flight: try once more after
+        # Deliveries under way (Postfix's agent processes), and messages loaded at once
+        # (qmgr_message_active_limit): a message waiting for a busy destination holds
+        # a message slot, never a delivery slot, so one slow site cannot starve others.
         self._slots = asyncio.Semaphore(max(1, params.default_process_limit))
+        self._messages = asyncio.Semaphore(max(1, params.qmgr_message_active_limit))
+        self._sites: dict[tuple[str, str, str], _Site] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
+
+    def reconfigure(
+        self,
+        params: Params,
+        resolver: AddressResolver,
+        agents: dict[str, Agent],
+        sync_agents: dict[str, SyncAgent],
+    ) -> None:
+        """A reload: deliveries under way finish with the agents they started with."""
+        self._params = params
+        self._resolver = resolver
+        self._agents = agents
+        self._sync_agents = sync_agents
 
     def wake(self, queue_id: str | None = None, envelope: Envelope | None = None) -> None:
         """A hint that `queue_id` (or anything) is waiting in incoming/; `envelope`
@@ -118,9 +210,12 @@ class QueueManager:
 
     async def flush(self) -> None:
         """Attempt every deferred message now, and whatever waits in incoming/
-        (postqueue -f, and -i or postsuper -r, which move messages there)."""
-        self._start_batch(await self._store.scan("incoming"), "incoming")
-        self._start_batch(await self._store.scan("deferred"), "deferred")
+        (postqueue -f, and -i or postsuper -r, which move messages there); like
+        Postfix's flush, this also revives destinations throttled as dead."""
+        for site in self._sites.values():
+            site.revive()
+        self._start_batch(await self._store.scan("incoming"), "incoming", again=True)
+        self._start_batch(await self._store.scan("deferred"), "deferred", again=True)
 
     async def _scan_all(self) -> None:
         await self._scan_state("incoming")
@@ -129,13 +224,17 @@ class QueueManager:
     async def _scan_state(self, state: State) -> None:
         self._start_batch(await self._store.scan(state), state)
 
-    def _start_batch(self, qids: list[str], state: State) -> None:
+    def _start_batch(self, qids: list[str], state: State, again: bool = False) -> None:
+        """Start delivering `qids`; with `again`, a message still finishing an attempt
+        (its file already back in deferred/) is tried once more right after it."""
         known: dict[str, Envelope] = {}
         if state == "incoming":  # taken even when not started, so nothing piles up
             known = {q: e for q in qids if (e := self._fresh.pop(q, None)) is not None}
         if self._stopping:
             return
         fresh = [q for q in dict.fromkeys(qids) if q not in self._in_flight]
+        if again:
+            self._again.update(q for q in qids if q in self._in_flight)
         if not fresh:
             return
         self._in_flight.update(fresh)
@@ -273,7 +372,7 @@ class QueueManager:
         assert attempt.msg is not None
         qid = attempt.qid
         try:
-            async with self._slots:
+            async with self._messages:
                 await self._deliver_message(attempt.msg, state)
         except FileNotFoundError:
             pass  # removed or moved by an administrator meanwhile
@@ -282,49 +381,118 @@ class QueueManager:
         finally:
             attempt.msg.close()
             self._in_flight.discard(qid)
+            if qid in self._again:
+                self._again.discard(qid)
+                self._start_batch([qid], "deferred")
 
     async def _deliver_message(self, msg: QueuedMessage, state: State) -> None:
         qid = msg.queue_id
-        with msg:
-            env = msg.envelope
-            active_time = time.time()
-            pending = [i for i, r in enumerate(env.recipients) if not r.done]
-            if state == "incoming":
-                self._log.info(
-                    "qmgr", logfmt.queue_active(qid, env.sender, env.size, len(env.recipients))
+        env = msg.envelope
+        active_time = time.time()
+        if state == "incoming":
+            self._log.info(
+                "qmgr", logfmt.queue_active(qid, env.sender, env.size, len(env.recipients))
+            )
+        # Recipients that share a transport and next hop go together (one SMTP
+        # transaction each, up to the transport's recipient limit), in parallel
+        # with the other destinations of the message.
+        groups: dict[tuple[str, str, str], tuple[Destination, list[int]]] = {}
+        for index, recipient in enumerate(env.recipients):
+            if recipient.done:
+                continue
+            dest = self._resolver.destination(recipient.address)
+            per_rcpt = self._recipient_limit(dest.transport) == 1
+            key = (dest.transport, dest.nexthop.lower(), dest.address if per_rcpt else "")
+            groups.setdefault(key, (dest, []))[1].append(index)
+        outcomes: dict[int, AgentResult] = {}
+        await asyncio.gather(
+            *(
+                self._deliver_group(msg, key, dest, indexes, active_time, outcomes)
+                for key, (dest, indexes) in groups.items()
+            )
+        )
+        await self._settle_outcomes(msg, outcomes)
+
+    async def _deliver_group(
+        self,
+        msg: QueuedMessage,
+        key: tuple[str, str, str],
+        dest: Destination,
+        indexes: list[int],
+        active_time: float,
+        outcomes: dict[int, AgentResult],
+    ) -> None:
+        env = msg.envelope
+        limit = self._recipient_limit(dest.transport)
+        for first in range(0, len(indexes), limit or len(indexes)):
+            chunk = indexes[first : first + limit] if limit else indexes
+            site = self._site(key, dest.transport)
+            started = time.time()
+            if site.dead and site.dead_reason is not None:
+                result = DeliveryResult(
+                    "deferred",
+                    site.dead_reason.dsn,
+                    f"delivery temporarily suspended: {site.dead_reason.text}",
                 )
-            deferred = False
-            reasons: dict[str, str] = {}
-            done: dict[RcptStatus, list[int]] = {RcptStatus.SENT: [], RcptStatus.BOUNCED: []}
-            for index in pending:
-                recipient = env.recipients[index]
-                dest = self._resolver.destination(recipient.address)
-                agent = self._agents.get(dest.transport)
-                started = time.time()
-                if agent is None:
-                    outcome = AgentResult(
-                        DeliveryResult(
-                            "deferred",
-                            "4.3.0",
-                            f"mail transport unavailable: {dest.transport} delivery is not "
-                            "supported in this version",
-                        ),
-                        relay="none",
-                    )
-                else:
-                    outcome = await agent(msg, index, dest)
-                self._log_outcome(qid, env.arrival_time, active_time, started, recipient, outcome)
-                if outcome.result.status == "deferred":
-                    deferred = True
-                    reasons[recipient.address] = outcome.result.text
-                    continue
-                status = RcptStatus.SENT if outcome.result.status == "sent" else RcptStatus.BOUNCED
-                done[status].append(index)
+                # Postfix hands a dead site's mail to its error(8) agent.
+                results = [AgentResult(result, relay="none", service="error") for _ in chunk]
+            else:
+                async with site, self._slots:
+                    started = time.time()
+                    results = await self._call_agent(msg, chunk, dest)
+                    site.feedback(results)
+            for index, outcome in zip(chunk, results, strict=True):
+                outcomes[index] = outcome
+                self._log_outcome(
+                    msg.queue_id,
+                    env.arrival_time,
+                    active_time,
+                    started,
+                    env.recipients[index],
+                    outcome,
+                )
+
+    async def _call_agent(
+        self, msg: QueuedMessage, chunk: list[int], dest: Destination
+    ) -> list[AgentResult]:
+        agent = self._agents.get(dest.transport)
+        if agent is None:
+            result = DeliveryResult(
+                "deferred",
+                "4.3.0",
+                f"mail transport unavailable: {dest.transport} delivery is not "
+                "supported in this version",
+            )
+            return [AgentResult(result, relay="none") for _ in chunk]
+        try:
+            results = await agent(msg, chunk, dest)
+        except (FileNotFoundError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # an agent bug must not lose the message: defer it
+            self._log.warning("qmgr", f"{msg.queue_id}: {dest.transport} agent failed: {exc!r}")
+            result = DeliveryResult("deferred", "4.3.0", f"{dest.transport} agent failure")
+            return [AgentResult(result, relay="none") for _ in chunk]
+        if len(results) != len(chunk):
+            raise RuntimeError(f"{dest.transport} agent returned {len(results)} results")
+        return results
+
+    async def _settle_outcomes(self, msg: QueuedMessage, outcomes: dict[int, AgentResult]) -> None:
+        """Record the attempt: remove a finished message, or defer it with its reasons."""
+        qid = msg.queue_id
+        env = msg.envelope
+        deferred = {i: o for i, o in outcomes.items() if o.result.status == "deferred"}
+        done: dict[RcptStatus, list[int]] = {RcptStatus.SENT: [], RcptStatus.BOUNCED: []}
+        for index, outcome in outcomes.items():
+            if outcome.result.status == "sent":
+                done[RcptStatus.SENT].append(index)
+            elif outcome.result.status == "bounced":
+                done[RcptStatus.BOUNCED].append(index)
         if deferred:
             # Only a message that stays queued needs its finished recipients on record.
             for status, indexes in done.items():
                 if indexes:
                     await self._store.mark_recipients(qid, indexes, status, "active")
+            reasons = {env.recipients[i].address: o.result.text for i, o in deferred.items()}
             await asyncio.to_thread(self._store.record_defer_sync, qid, reasons)
             age = time.time() - env.arrival_time
             delay = min(
@@ -334,6 +502,34 @@ class QueueManager:
             return
         await self._store.remove(qid, "active", durable=False)
         self._log.info("qmgr", logfmt.removed(qid))
+
+    def _recipient_limit(self, transport: str) -> int:
+        p = self._params
+        return int(
+            getattr(
+                p, f"{transport}_destination_recipient_limit", p.default_destination_recipient_limit
+            )
+        )
+
+    def _site(self, key: tuple[str, str, str], transport: str) -> _Site:
+        site = self._sites.get(key)
+        if site is None:
+            p = self._params
+            limit = int(
+                getattr(
+                    p,
+                    f"{transport}_destination_concurrency_limit",
+                    p.default_destination_concurrency_limit,
+                )
+            )
+            site = self._sites[key] = _Site(
+                self._sites,
+                key,
+                limit=limit or 1_000_000,
+                window=min(p.initial_destination_concurrency, limit or 1_000_000),
+                backoff=p.minimal_backoff_time,
+            )
+        return site
 
     def _activate(self, qid: str, state: State) -> QueuedMessage:
         """incoming/deferred -> active, then load.  The rename need not be durable:
@@ -356,7 +552,7 @@ class QueueManager:
         in_qmgr = max(0.0, started - active)
         r = outcome.result
         self._log.info(
-            "qmgr" if outcome.relay == "none" else _service_for(outcome.relay),
+            outcome.service,
             logfmt.delivery_status(
                 qid,
                 to=recipient.address,  # type: ignore[attr-defined]
@@ -367,9 +563,6 @@ class QueueManager:
                 dsn=r.dsn,
                 status=r.status,
                 text=r.text,
+                conn_use=outcome.conn_use,
             ),
         )
-
-
-def _service_for(relay: str) -> str:
-    return "local" if relay == "local" else "smtp"

@@ -60,6 +60,7 @@ class AddressResolver:
         local_transport: str = "local",
         default_transport: str = "smtp",
         relayhost: str = "",
+        transport_maps: Sequence[Table] = (),
     ) -> None:
         self.myhostname = myhostname.lower()
         self.myorigin = myorigin.lower() or self.myhostname
@@ -72,6 +73,7 @@ class AddressResolver:
         self._local_transport = local_transport.partition(":")[0] or "local"
         self._default_transport = default_transport
         self._relayhost = relayhost
+        self._transport_maps = list(transport_maps)
 
     @classmethod
     def from_params(cls, params: Params) -> AddressResolver:
@@ -91,6 +93,7 @@ class AddressResolver:
             local_transport=params.local_transport,
             default_transport=params.default_transport,
             relayhost=params.relayhost,
+            transport_maps=[open_table(ref, base) for ref in params.transport_maps],
         )
 
     def qualify(self, address: str) -> str:
@@ -146,11 +149,40 @@ class AddressResolver:
     def destination(self, address: str) -> Destination:
         qualified = self.qualify(address)
         if self.classify(qualified) is AddressClass.LOCAL:
-            return Destination(self._local_transport, self.myhostname, qualified)
-        transport, _, nexthop = self._default_transport.partition(":")
-        if not nexthop:
-            nexthop = self._relayhost or split_address(qualified)[1]
-        return Destination(transport or "smtp", nexthop, qualified)
+            default = Destination(self._local_transport, self.myhostname, qualified)
+        else:
+            transport, _, nexthop = self._default_transport.partition(":")
+            if not nexthop:
+                nexthop = self._relayhost or split_address(qualified)[1]
+            default = Destination(transport or "smtp", nexthop, qualified)
+        override = self._transport_entry(qualified)
+        if override is None:
+            return default
+        # transport(5): an empty part keeps the default's transport or next hop.
+        transport, _, nexthop = override.strip().partition(":")
+        return Destination(transport or default.transport, nexthop or default.nexthop, qualified)
+
+    def _transport_entry(self, address: str) -> str | None:
+        """transport(5) lookup order: user+ext@domain, user@domain, domain, .parent
+        domains (transport_maps is not in parent_domain_matches_subdomains), then *."""
+        if not self._transport_maps:
+            return None
+        local, domain = split_address(address)
+        domain = domain.lower().rstrip(".")
+        keys = [address.lower()]
+        user = self.local_user(address)
+        if user != local:
+            keys.append(f"{user}@{domain}".lower())
+        keys.append(domain)
+        parts = domain.split(".")
+        keys += ["." + ".".join(parts[i:]) for i in range(1, len(parts))]
+        keys.append("*")
+        for key in keys:
+            for table in self._transport_maps:
+                value = table.lookup(key)
+                if value is not None:
+                    return value
+        return None
 
 
 def _parent_match(domain: str, domains: set[str]) -> bool:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
+from postwall.config.params import Params
 from postwall.delivery import DeliveryResult
 from postwall.delivery.agents import AgentResult, discard_agent, discard_now
 from postwall.log import MailLog
@@ -14,13 +16,6 @@ from postwall.qmgr import QueueManager
 from postwall.queue.records import Envelope, Recipient
 from postwall.queue.store import QueuedMessage, QueueStore, State
 from postwall.resolve import AddressResolver, Destination
-
-
-class _Params:
-    queue_run_delay = 300.0
-    default_process_limit = 100
-    minimal_backoff_time = 300.0
-    maximal_backoff_time = 4000.0
 
 
 def _resolver(default_transport: str) -> AddressResolver:
@@ -84,7 +79,7 @@ def test_discard_messages_are_finished_in_the_worker_thread(tmp_path: Path) -> N
     store = QueueStore(tmp_path / "q")
     log = MailLog(maillog_file=tmp_path / "maillog", pid=7)
     qmgr = QueueManager(
-        _Params(),  # type: ignore[arg-type]
+        Params(),
         store,
         log,
         _resolver("discard"),
@@ -115,14 +110,19 @@ def test_other_transports_load_the_file_and_defer_with_their_recipients(tmp_path
     log = MailLog(maillog_file=tmp_path / "maillog", pid=7)
     seen: list[tuple[str, int]] = []
 
-    async def slow(msg: QueuedMessage, index: int, dest: Destination) -> AgentResult:
-        seen.append((msg.read_content().decode(), index))  # needs the real file
-        status = "sent" if index == 0 else "deferred"
-        dsn = "2.0.0" if index == 0 else "4.4.1"
-        return AgentResult(DeliveryResult(status, dsn, "test"), relay="none")
+    async def slow(
+        msg: QueuedMessage, indexes: Sequence[int], dest: Destination
+    ) -> list[AgentResult]:
+        results = []
+        for index in indexes:  # both recipients share example.com: one call
+            seen.append((msg.read_content().decode(), index))  # needs the real file
+            status = "sent" if index == 0 else "deferred"
+            dsn = "2.0.0" if index == 0 else "4.4.1"
+            results.append(AgentResult(DeliveryResult(status, dsn, "test"), relay="example"))
+        return results
 
     qmgr = QueueManager(
-        _Params(),  # type: ignore[arg-type]
+        Params(),
         store,
         log,
         _resolver("slow"),

@@ -471,6 +471,7 @@ class Params:
     )
     bounce_queue_lifetime: float = _t("5d", "Lifetime of undeliverable bounces.", unit="d", lo=0)
     delay_warning_time: float = _t("0h", "Delay before a warning (0: none).", unit="h")
+    qmgr_message_active_limit: int = _i("20000", "Messages in the active queue.", lo=1)
     default_destination_concurrency_limit: int = _i("20", "Parallel deliveries per site.")
     initial_destination_concurrency: int = _i("5", "Initial parallel deliveries per site.", lo=1)
     default_destination_recipient_limit: int = _i("50", "Recipients per delivery.")
@@ -572,6 +573,19 @@ class Params:
     smtp_starttls_timeout: float = _t("300s", "Time limit for the TLS handshake.", lo=1)
     smtp_connection_cache_on_demand: bool = _b("yes", "Cache connections under load.")
     smtp_connection_cache_time_limit: float = _t("2s", "Lifetime of a cached connection.", lo=1)
+    smtp_connection_reuse_time_limit: float = _t(
+        "300s", "Time after which a connection is no longer reused.", lo=1
+    )
+    smtp_connection_reuse_count_limit: int = _i("0", "Transactions per connection (0: any).")
+    smtp_tls_connection_reuse: bool = _b("no", "Reuse TLS connections (postwall always may).")
+    smtp_rset_timeout: float = _t("20s", "Time limit for the RSET reply.", lo=1)
+    smtp_mx_address_limit: int = _i("5", "Addresses tried per delivery (0: any).")
+    smtp_mx_session_limit: int = _i("2", "Sessions tried per delivery (0: any).")
+    postwall_dns_servers: tuple[str, ...] = _l(
+        "",
+        "postwall only: name servers for the SMTP client, host[:port] (empty: resolv.conf).",
+        postwall=True,
+    )
     smtp_host_lookup: tuple[str, ...] = _l(
         "dns", "Lookup mechanisms: dns, native.", choices=("dns", "native")
     )

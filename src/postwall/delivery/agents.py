@@ -18,7 +18,7 @@ import asyncio
 import socket
 import time
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,9 +40,14 @@ class AgentResult:
     relay: str  # the relay= field of the log line
     conn_time: float = 0.0  # the "c" part of delays=a/b/c/d
     xfer_time: float = 0.0  # the "d" part
+    conn_use: int = 1  # the transaction's number on its connection (conn_use= when > 1)
+    remote_mta: str = ""  # the server's name, for a delivery status notice
+    smtp_reply: str = ""  # the server's reply, for the notice's Diagnostic-Code
+    service: str = "qmgr"  # who logs the status= line: smtp, local, discard, error...
 
 
-Agent = Callable[[QueuedMessage, int, Destination], Awaitable[AgentResult]]
+# Recipients of one message that share a destination in, one result each (in order) out.
+Agent = Callable[[QueuedMessage, Sequence[int], Destination], Awaitable[list[AgentResult]]]
 # A transport that never blocks nor fails, run by qmgr on its worker thread.
 SyncAgent = Callable[[QueuedMessage, int, Destination], AgentResult]
 
@@ -63,11 +68,18 @@ class LocalAgent:
             params.alias_maps, Path(params.config_directory), aliases=True
         )
 
-    async def __call__(self, msg: QueuedMessage, index: int, dest: Destination) -> AgentResult:
-        rcpt = msg.envelope.recipients[index]
-        started = time.time()
-        result = await asyncio.to_thread(self._deliver, msg, index, rcpt.address, rcpt.original)
-        return AgentResult(result, relay="local", xfer_time=time.time() - started)
+    async def __call__(
+        self, msg: QueuedMessage, indexes: Sequence[int], dest: Destination
+    ) -> list[AgentResult]:
+        results = []
+        for index in indexes:
+            rcpt = msg.envelope.recipients[index]
+            started = time.time()
+            result = await asyncio.to_thread(self._deliver, msg, index, rcpt.address, rcpt.original)
+            results.append(
+                AgentResult(result, relay="local", xfer_time=time.time() - started, service="local")
+            )
+        return results
 
     def _deliver(
         self, msg: QueuedMessage, index: int, address: str, original: str
@@ -148,8 +160,26 @@ class LocalAgent:
 
 
 def discard_now(msg: QueuedMessage, index: int, dest: Destination) -> AgentResult:
-    return AgentResult(discard.deliver(dest.nexthop), relay="none")
+    return AgentResult(discard.deliver(dest.nexthop), relay="none", service="discard")
 
 
-async def discard_agent(msg: QueuedMessage, index: int, dest: Destination) -> AgentResult:
-    return discard_now(msg, index, dest)
+async def discard_agent(
+    msg: QueuedMessage, indexes: Sequence[int], dest: Destination
+) -> list[AgentResult]:
+    return [discard_now(msg, index, dest) for index in indexes]
+
+
+async def error_agent(
+    msg: QueuedMessage, indexes: Sequence[int], dest: Destination
+) -> list[AgentResult]:
+    """Postfix's error(8): bounce with the next hop as the reason (`error:text`)."""
+    result = DeliveryResult("bounced", "5.0.0", dest.nexthop or "delivery failed")
+    return [AgentResult(result, relay="none", service="error") for _ in indexes]
+
+
+async def retry_agent(
+    msg: QueuedMessage, indexes: Sequence[int], dest: Destination
+) -> list[AgentResult]:
+    """Postfix's retry: defer with the next hop as the reason."""
+    result = DeliveryResult("deferred", "4.0.0", dest.nexthop or "delivery temporarily suspended")
+    return [AgentResult(result, relay="none", service="retry") for _ in indexes]

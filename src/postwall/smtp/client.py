@@ -526,6 +526,18 @@ class ClientConnection:
         return self._state == _TLS_WAIT
 
     @property
+    def expecting(self) -> str | None:
+        """The oldest reply awaited ("greeting", "ehlo", "starttls", "mail", "rcpt",
+        "data", "dot", "rset", "abort"), so the caller can pick Postfix's timeout."""
+        return self._expect[0] if self._expect else None
+
+    @property
+    def stage(self) -> str:
+        """Postfix's words for what the client waits for ("sending MAIL FROM", ...)."""
+        tag = self.expecting
+        return _STAGE[tag] if tag else "waiting for the next command"
+
+    @property
     def ready(self) -> bool:
         """Idle between transactions: send_mail(), rset(), starttls() or quit() may follow."""
         return self._state == _READY

@@ -7,7 +7,7 @@ Levels none/may/encrypt/verify/secure (legacy smtp_use_tls=yes -> may, smtp_enfo
 -> encrypt); dane and fingerprint are not supported and say so. The TLSSession never aborts
 on a bad server certificate: `info.trust` is Untrusted / Trusted / Verified (chain and name
 matched) and the smtp client decides, as Postfix's smtp does per security level.
-Caller: the smtp delivery agent (later issue).
+Caller: the smtp delivery agent (delivery/smtp.py) and tools.
 """
 
 from __future__ import annotations
@@ -159,16 +159,23 @@ class ClientTLS:
         return ctx
 
     def match_names(
-        self, nexthop: str, mx_hostname: str, level: str | None = None
+        self,
+        nexthop: str,
+        mx_hostname: str,
+        level: str | None = None,
+        strategies: tuple[str, ...] | None = None,
     ) -> tuple[str, ...]:
-        """Names the server certificate must match at verify/secure (smtp_tls_*_cert_match)."""
+        """Names the server certificate must match at verify/secure: smtp_tls_*_cert_match,
+        or `strategies` (a policy table's match= attribute) when given."""
         level = level or self.level
-        if level == "verify":
-            strategies = self.settings.smtp_tls_verify_cert_match
-        elif level == "secure":
-            strategies = self.settings.smtp_tls_secure_cert_match
-        else:
+        if level not in ("verify", "secure"):
             return ()
+        if strategies is None:
+            strategies = (
+                self.settings.smtp_tls_verify_cert_match
+                if level == "verify"
+                else self.settings.smtp_tls_secure_cert_match
+            )
         names: list[str] = []
         for strategy in strategies:
             if strategy == "hostname":
@@ -190,6 +197,7 @@ class ClientTLS:
         level: str | None = None,
         log: LogFn | None = None,
         session: SSL.Session | None = None,
+        match: tuple[str, ...] | None = None,
     ) -> TLSSession:
         """A client-side session; peer is "host[addr]:port" for log lines.
 
@@ -211,7 +219,7 @@ class ClientTLS:
             fingerprint_digest=self.fingerprint_digest,
             loglevel=self.settings.smtp_tls_loglevel,
             log=log,
-            match_names=self.match_names(nexthop, mx_hostname, level),
+            match_names=self.match_names(nexthop, mx_hostname, level, match),
             server_name=sni or None,
             session=session,
         )

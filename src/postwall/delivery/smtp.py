@@ -1,0 +1,670 @@
+"""The smtp delivery agent: queued mail to other servers, as Postfix's smtp(8) sends it.
+
+Who calls it: qmgr, with one message, the indexes of its recipients that share one next
+hop (at most smtp_destination_recipient_limit of them) and that `Destination`.  It
+returns one `AgentResult` per recipient, in order, and never raises for anything a peer,
+the DNS or the network does.
+
+What one call does, in Postfix's order: look up the TLS policy for the next hop
+(smtp_tls_policy_maps, else smtp_tls_security_level); take an idle cached connection to
+that next hop if one is alive, else resolve the next hop (MX records, or the host itself
+for `[host]`), and try at most smtp_mx_address_limit addresses and smtp_mx_session_limit
+sessions, each through connect, greeting, EHLO and STARTTLS as the level demands; run
+one transaction with every recipient; keep the connection for the next message to the
+same next hop (smtp_connection_cache_time_limit) or QUIT.  A failure before the
+transaction (refused connection, 4xx/5xx greeting, TLS required but not offered, failed
+handshake, untrusted certificate) moves on to the next host; when none is left, every
+recipient is deferred with the last host's reason.
+
+TLS follows Postfix: `may` starts TLS when offered and falls back to a new plaintext
+session with the same host when the handshake fails; `encrypt` needs STARTTLS and any
+certificate; `verify` a trusted chain matching smtp_tls_verify_cert_match; `secure` the
+same with smtp_tls_secure_cert_match.  Cleartext the server sends after its 220 to
+STARTTLS is discarded by the protocol core (smtp/client.py), never read as a reply.
+Each reply wait has Postfix's timeout (smtp_helo_timeout, smtp_mail_timeout, ...).
+
+Better than Postfix, on purpose: TLS connections are reused like plaintext ones (one
+process holds them; Postfix 3.7 needs tlsproxy and smtp_tls_connection_reuse for that),
+and the client TLS session cache lives in memory, used when
+smtp_tls_session_cache_database is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dns.asyncresolver
+from OpenSSL import SSL
+
+from postwall import dns as mxdns
+from postwall import logfmt
+from postwall.config.params import Params
+from postwall.config.tables import Table, open_maps
+from postwall.delivery import DeliveryResult
+from postwall.delivery.agents import AgentResult
+from postwall.log import MailLog
+from postwall.queue.store import QueuedMessage
+from postwall.resolve import Destination
+from postwall.smtp.client import (
+    CLOSED,
+    NEED_DATA,
+    ClientConnection,
+    ClientSettings,
+    ConnectionFailed,
+    Event,
+    OutMessage,
+    OutRecipient,
+    Ready,
+    RecipientResult,
+    Refused,
+    StartTLSReady,
+    StartTLSRefused,
+    TransactionDone,
+)
+from postwall.tls import describe
+from postwall.tls.client import ClientTLS
+from postwall.tls.engine import TLSError, TLSSession
+
+__all__ = ["SmtpAgent", "TLSPolicy"]
+
+_LEVELS = ("none", "may", "encrypt", "verify", "secure")
+_READ_SIZE = 1 << 16
+
+
+class _Timeout(Exception):
+    pass
+
+
+class _SessionFailed(Exception):
+    """This host cannot take the mail: try the next one. `dsn` decides defer/bounce."""
+
+    def __init__(self, dsn: str, reason: str, *, plaintext_retry: bool = False) -> None:
+        super().__init__(reason)
+        self.dsn = dsn
+        self.reason = reason
+        self.plaintext_retry = plaintext_retry
+
+
+@dataclass(frozen=True, slots=True)
+class TLSPolicy:
+    """The TLS requirements for one next hop: a level and, for verify/secure, match=."""
+
+    level: str
+    match: tuple[str, ...] | None = None
+
+    @classmethod
+    def parse(cls, text: str, where: str) -> TLSPolicy:
+        words = text.split()
+        if not words or words[0].lower() not in _LEVELS:
+            raise ValueError(f"{where}: unsupported TLS security level in {text!r}")
+        match: tuple[str, ...] | None = None
+        for word in words[1:]:
+            name, eq, value = word.partition("=")
+            if not eq:
+                raise ValueError(f"{where}: malformed policy attribute {word!r}")
+            if name.lower() != "match":
+                raise ValueError(f"{where}: TLS policy attribute {name!r} is not supported")
+            match = tuple(m for m in value.split(":") if m)
+        return cls(words[0].lower(), match)
+
+
+@dataclass
+class _Conn:
+    """One open session to one server address."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    core: ClientConnection
+    host: str
+    addr: str
+    port: int
+    key: tuple[str, str]  # the cache key: (next hop, policy) it was opened for
+    tls: TLSSession | None = None
+    uses: int = 0
+    opened: float = field(default_factory=time.monotonic)
+
+    @property
+    def namaddr(self) -> str:
+        return f"{self.host}[{self.addr}]"
+
+    @property
+    def relay(self) -> str:
+        return f"{self.host}[{self.addr}]:{self.port}"
+
+    async def write(self, data: bytes, timeout: float) -> None:
+        if not data:
+            return
+        if self.tls is not None:
+            self.tls.send(data)
+            data = self.tls.data_to_send()
+        self.writer.write(data)
+        try:
+            await asyncio.wait_for(self.writer.drain(), timeout)
+        except TimeoutError:
+            raise _Timeout from None
+
+    async def read(self, timeout: float) -> bytes:
+        """Plaintext from the server; b"" at EOF."""
+        while True:
+            try:
+                raw = await asyncio.wait_for(self.reader.read(_READ_SIZE), timeout)
+            except TimeoutError:
+                raise _Timeout from None
+            except OSError:
+                raw = b""
+            if self.tls is None:
+                return raw
+            if not raw:
+                return b""
+            plain = self.tls.receive(raw)
+            pending = self.tls.data_to_send()
+            if pending:  # key updates, alerts
+                self.writer.write(pending)
+            if plain:
+                return plain
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.close()
+
+
+class SmtpAgent:
+    def __init__(
+        self, params: Params, log: MailLog, *, resolver: dns.asyncresolver.Resolver | None = None
+    ) -> None:
+        self._params = params
+        self._log = log
+        self._settings = ClientSettings.from_params(params)
+        self._tls = ClientTLS.from_params(params)
+        for warning in self._tls.warnings:
+            log.warning("smtp", warning)
+        self._policy_maps: list[Table] = open_maps(
+            params.smtp_tls_policy_maps, Path(params.config_directory)
+        )
+        self._resolver = resolver or mxdns.make_resolver(
+            list(params.postwall_dns_servers) or None, timeout=params.smtp_connect_timeout
+        )
+        self._timeouts = {
+            "greeting": params.smtp_helo_timeout,
+            "ehlo": params.smtp_helo_timeout,
+            "helo": params.smtp_helo_timeout,
+            "starttls": params.smtp_starttls_timeout,
+            "mail": params.smtp_mail_timeout,
+            "rcpt": params.smtp_rcpt_timeout,
+            "data": params.smtp_data_init_timeout,
+            "dot": params.smtp_data_done_timeout,
+            "rset": params.smtp_rset_timeout,
+            "abort": params.smtp_rset_timeout,
+        }
+        self._idle: dict[tuple[str, str], list[tuple[float, _Conn]]] = {}
+        self._tls_sessions: dict[tuple[str, int, str], tuple[float, SSL.Session]] = {}
+        self._closing = False
+
+    async def __call__(
+        self, msg: QueuedMessage, indexes: Sequence[int], dest: Destination
+    ) -> list[AgentResult]:
+        started = time.monotonic()
+        try:
+            policy = self._policy(dest.nexthop)
+        except ValueError as exc:
+            self._log.warning("smtp", str(exc))
+            return self._all(indexes, "deferred", "4.7.5", f"TLS policy error: {exc}", "none")
+        try:
+            out = self._out_message(msg, indexes)
+        except Exception as exc:  # the queue file's content cannot be read
+            return self._all(indexes, "deferred", "4.3.0", f"cannot read message: {exc}", "none")
+        key = (dest.nexthop.lower(), f"{policy.level}:{policy.match}")
+        conn = self._cached(key)
+        if conn is not None:
+            results = await self._transaction(conn, out, indexes, started, time.monotonic())
+            if results is not None:
+                return results
+        try:
+            conn = await self._open(dest.nexthop, policy, key)
+        except _SessionFailed as failed:
+            status = "bounced" if failed.dsn.startswith("5") else "deferred"
+            return self._all(indexes, status, failed.dsn, failed.reason, "none")
+        results = await self._transaction(conn, out, indexes, started, time.monotonic())
+        if results is None:  # a fresh connection failed before MAIL: defer, as Postfix
+            reason = f"lost connection with {conn.namaddr} while sending MAIL FROM"
+            return self._all(indexes, "deferred", "4.4.2", reason, conn.relay)
+        return results
+
+    async def close(self) -> None:
+        """QUIT every idle connection (at stop and reload)."""
+        self._closing = True
+        for entries in self._idle.values():
+            for _, conn in entries:
+                await self._quit(conn)
+        self._idle.clear()
+
+    # -- policy, message ---------------------------------------------------------
+
+    def _policy(self, nexthop: str) -> TLSPolicy:
+        if self._policy_maps:
+            for key in _policy_keys(nexthop):
+                for table in self._policy_maps:
+                    value = table.lookup(key)
+                    if value is not None:
+                        return TLSPolicy.parse(value, f"smtp_tls_policy_maps: {key}")
+        return TLSPolicy(self._tls.level)
+
+    @staticmethod
+    def _out_message(msg: QueuedMessage, indexes: Sequence[int]) -> OutMessage:
+        env = msg.envelope
+        recipients = []
+        for i in indexes:
+            r = env.recipients[i]
+            orcpt = None
+            if r.orcpt:
+                kind, _, addr = r.orcpt.partition(";")
+                orcpt = (kind, addr)
+            recipients.append(OutRecipient(r.address, tuple(sorted(r.notify)), orcpt))
+        return OutMessage(
+            sender=env.sender,
+            recipients=tuple(recipients),
+            content=msg.read_content(),
+            body=env.body_type or None,
+            smtputf8=env.smtputf8,
+            ret=env.ret,
+            envid=env.envid,
+        )
+
+    @staticmethod
+    def _all(
+        indexes: Sequence[int], status: str, dsn: str, text: str, relay: str
+    ) -> list[AgentResult]:
+        result = DeliveryResult(status, dsn, text)  # type: ignore[arg-type]
+        return [AgentResult(result, relay=relay, service="smtp") for _ in indexes]
+
+    # -- sessions ------------------------------------------------------------------
+
+    def _cached(self, key: tuple[str, str]) -> _Conn | None:
+        entries = self._idle.get(key)
+        now = time.monotonic()
+        while entries:
+            idle_since, conn = entries.pop()
+            if (
+                now - idle_since <= self._params.smtp_connection_cache_time_limit
+                and not conn.reader.at_eof()
+                and not conn.writer.is_closing()
+                and conn.core.ready
+            ):
+                return conn
+            conn.close()
+        return None
+
+    def _keep(self, conn: _Conn) -> bool:
+        p = self._params
+        if self._closing or not p.smtp_connection_cache_on_demand or not conn.core.ready:
+            return False
+        if time.monotonic() - conn.opened > p.smtp_connection_reuse_time_limit:
+            return False
+        limit = p.smtp_connection_reuse_count_limit
+        if limit and conn.uses >= limit:
+            return False
+        self._idle.setdefault(conn.key, []).append((time.monotonic(), conn))
+        asyncio.get_running_loop().call_later(
+            p.smtp_connection_cache_time_limit + 0.5, self._expire_idle, conn.key
+        )
+        return True
+
+    def _expire_idle(self, key: tuple[str, str]) -> None:
+        entries = self._idle.get(key)
+        if not entries:
+            return
+        now = time.monotonic()
+        keep = []
+        for idle_since, conn in entries:
+            if now - idle_since > self._params.smtp_connection_cache_time_limit:
+                asyncio.get_running_loop().create_task(self._quit(conn))
+            else:
+                keep.append((idle_since, conn))
+        if keep:
+            self._idle[key] = keep
+        else:
+            del self._idle[key]
+
+    async def _quit(self, conn: _Conn) -> None:
+        with contextlib.suppress(Exception):
+            if not conn.core.closed:
+                conn.core.quit()
+            await conn.write(conn.core.data_to_send(), 5.0)
+            if conn.tls is not None:
+                conn.tls.shutdown()
+                conn.writer.write(conn.tls.data_to_send())
+        conn.close()
+
+    async def _open(self, nexthop: str, policy: TLSPolicy, key: tuple[str, str]) -> _Conn:
+        """A ready session with the first host that takes one; _SessionFailed if none."""
+        p = self._params
+        try:
+            hosts = await mxdns.resolve_nexthop(nexthop, resolver=self._resolver)
+        except mxdns.NexthopError as err:
+            dsn = err.dsn if not err.temporary else _soft(err.dsn)
+            raise _SessionFailed(dsn, err.reason) from None
+        last: _SessionFailed | None = None
+        addresses = sessions = 0
+        for host in hosts:
+            for addr in host.addresses:
+                if p.smtp_mx_address_limit and addresses >= p.smtp_mx_address_limit:
+                    break
+                if p.smtp_mx_session_limit and sessions >= p.smtp_mx_session_limit:
+                    break
+                addresses += 1
+                try:
+                    conn = await self._connect(host.hostname, addr, host.port, key)
+                except _SessionFailed as failed:
+                    last = failed
+                    continue
+                sessions += 1
+                try:
+                    await self._hello(conn, nexthop, policy, use_tls=True)
+                    return conn
+                except _SessionFailed as failed:
+                    last = failed
+                    await self._quit(conn)
+                    if not failed.plaintext_retry:
+                        continue
+                try:  # Postfix's RETRY_AS_PLAINTEXT: same server, no STARTTLS
+                    conn = await self._connect(host.hostname, addr, host.port, key)
+                    await self._hello(conn, nexthop, policy, use_tls=False)
+                    return conn
+                except _SessionFailed as failed:
+                    last = failed
+        if last is None:
+            raise _SessionFailed("4.4.3", f"no usable address for {nexthop}")
+        raise _SessionFailed(_soft(last.dsn), last.reason)
+
+    async def _connect(self, host: str, addr: str, port: int, key: tuple[str, str]) -> _Conn:
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(addr, port, limit=_READ_SIZE),
+                self._params.smtp_connect_timeout,
+            )
+        except TimeoutError:
+            reason = logfmt.connect_failed(host, addr, port, "Connection timed out")
+            self._log.info("smtp", reason)
+            raise _SessionFailed("4.4.1", reason) from None
+        except OSError as exc:
+            text = os.strerror(exc.errno) if exc.errno else str(exc)
+            reason = logfmt.connect_failed(host, addr, port, text)
+            self._log.info("smtp", reason)
+            raise _SessionFailed("4.4.1", reason) from None
+        sock = writer.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return _Conn(reader, writer, ClientConnection(self._settings), host, addr, port, key)
+
+    async def _next(self, conn: _Conn) -> Event | object:
+        """Run the protocol core until it has an event (or CLOSED)."""
+        core = conn.core
+        while True:
+            ev = core.next_event()
+            tag = core.expecting
+            await conn.write(core.data_to_send(), self._params.smtp_data_xfer_timeout)
+            if ev is not NEED_DATA:
+                return ev
+            timeout = self._timeouts.get(tag or "", self._params.smtp_helo_timeout)
+            core.receive_data(await conn.read(timeout))
+
+    async def _hello(self, conn: _Conn, nexthop: str, policy: TLSPolicy, use_tls: bool) -> None:
+        """Greeting, EHLO and the STARTTLS the policy asks for, up to a ready session."""
+        level = policy.level
+        stage = "receiving the initial server greeting"
+        try:
+            while True:
+                stage = conn.core.stage
+                ev = await self._next(conn)
+                if isinstance(ev, Refused):
+                    dsn = ev.reply.dsn
+                    if dsn.startswith("5") and self._params.smtp_skip_5xx_greeting:
+                        dsn = _soft(dsn)
+                    raise _SessionFailed(dsn, ev.reason(conn.namaddr))
+                if isinstance(ev, ConnectionFailed):
+                    raise _SessionFailed(ev.dsn, ev.reason(conn.namaddr))
+                if ev is CLOSED:
+                    raise _SessionFailed("4.4.2", f"lost connection with {conn.namaddr}")
+                if isinstance(ev, StartTLSRefused):
+                    if level in ("encrypt", "verify", "secure"):
+                        raise _SessionFailed(
+                            ev.reply.dsn,
+                            f"TLS is required, but host {conn.namaddr} refused to start TLS: "
+                            f"{ev.reply}",
+                        )
+                    continue  # may: go on in plaintext
+                if isinstance(ev, StartTLSReady):
+                    await self._handshake(conn, nexthop, policy, fallback=use_tls)
+                    conn.core.tls_established()
+                    continue
+                assert isinstance(ev, Ready)
+                ext = ev.extensions
+                # Postfix notes the offer only when it will not use it (level none).
+                note = self._params.smtp_tls_note_starttls_offer
+                if note and ext.starttls and not ev.tls and (level == "none" or not use_tls):
+                    self._log.info("smtp", logfmt.host_offered_starttls(conn.host))
+                if ev.tls or level == "none":
+                    return
+                if ext.starttls and use_tls:
+                    conn.core.starttls()
+                    continue
+                if level in ("encrypt", "verify", "secure"):
+                    raise _SessionFailed(
+                        "4.7.4", f"TLS is required, but was not offered by host {conn.namaddr}"
+                    )
+                return
+        except _Timeout:
+            raise _SessionFailed(
+                "4.4.2", logfmt.conversation_timed_out(conn.namaddr, stage)
+            ) from None
+        except (TLSError, OSError) as exc:
+            raise _SessionFailed("4.4.2", f"lost connection with {conn.namaddr}: {exc}") from None
+
+    async def _handshake(
+        self, conn: _Conn, nexthop: str, policy: TLSPolicy, *, fallback: bool
+    ) -> None:
+        p = self._params
+        peer = conn.relay
+        lines: list[str] = []
+        cache_key = (conn.addr, conn.port, nexthop.lower())
+        resume = self._resumable(cache_key)
+        tls = self._tls.new_session(
+            peer,
+            nexthop=_bare(nexthop),
+            mx_hostname=conn.host,
+            level=policy.level,
+            log=lines.append,
+            session=resume,
+            match=policy.match,
+        )
+        if p.smtp_tls_loglevel >= 2:
+            self._log.info("smtp", describe.setting_up(peer, server_side=False))
+        deadline = time.monotonic() + p.smtp_starttls_timeout
+        try:
+            while not tls.handshake_done:
+                out = tls.data_to_send()
+                if out:
+                    conn.writer.write(out)
+                    await conn.writer.drain()
+                if tls.handshake_done:
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise _Timeout
+                try:
+                    raw = await asyncio.wait_for(conn.reader.read(_READ_SIZE), remaining)
+                except TimeoutError:
+                    raise _Timeout from None
+                if not raw:
+                    raise TLSError("lost connection during the TLS handshake")
+                tls.receive(raw)
+            out = tls.data_to_send()
+            if out:
+                conn.writer.write(out)
+        except (TLSError, OSError, _Timeout) as exc:
+            for line in lines:
+                self._log.info("smtp", line)
+            detail = "timeout" if isinstance(exc, _Timeout) else str(exc)
+            self._log.warning("smtp", f"TLS handshake with {peer} failed: {detail}")
+            may = policy.level == "may"
+            raise _SessionFailed(
+                "4.7.5", "Cannot start TLS: handshake failure", plaintext_retry=may and fallback
+            ) from None
+        for line in lines:
+            self._log.info("smtp", line)
+        info = tls.info
+        for line in describe.after_handshake(info, p.smtp_tls_loglevel):
+            self._log.info("smtp", line)
+        conn.tls = tls
+        if policy.level in ("verify", "secure"):
+            if not info.trusted:
+                raise _SessionFailed("4.7.5", "Server certificate not trusted")
+            if not info.matched:
+                raise _SessionFailed("4.7.5", "Server certificate not verified")
+        if p.smtp_tls_session_cache_database:
+            session = tls.get_session()
+            if session is not None:
+                self._tls_sessions[cache_key] = (time.monotonic(), session)
+
+    def _resumable(self, key: tuple[str, int, str]) -> SSL.Session | None:
+        entry = self._tls_sessions.get(key)
+        if entry is None:
+            return None
+        stamp, session = entry
+        if time.monotonic() - stamp > self._params.smtp_tls_session_cache_timeout:
+            del self._tls_sessions[key]
+            return None
+        return session
+
+    # -- the transaction -------------------------------------------------------------
+
+    async def _transaction(
+        self,
+        conn: _Conn,
+        out: OutMessage,
+        indexes: Sequence[int],
+        started: float,
+        ready: float,
+    ) -> list[AgentResult] | None:
+        """Results per recipient; None when a reused connection died before MAIL FROM
+        was answered (the caller opens a fresh one: nothing was delivered)."""
+        conn.uses += 1
+        reused = conn.uses > 1
+        conn_time = ready - started
+        try:
+            conn.core.send_mail(out)
+        except ValueError as exc:  # CR/LF or controls in the envelope: never on the wire
+            if not self._keep(conn):
+                await self._quit(conn)
+            reason = f"unsafe envelope for {conn.namaddr}: {exc}"
+            return self._results(indexes, "bounced", "5.5.2", reason, conn, conn_time, 0.0)
+        stage = conn.core.stage
+        try:
+            while True:
+                stage = conn.core.stage
+                ev = await self._next(conn)
+                if isinstance(ev, TransactionDone | ConnectionFailed):
+                    break
+                if ev is CLOSED:
+                    ev = ConnectionFailed("lost", stage, "")
+                    break
+        except _Timeout:
+            conn.close()
+            reason = logfmt.conversation_timed_out(conn.namaddr, stage)
+            return self._results(indexes, "deferred", "4.4.2", reason, conn, conn_time, ready)
+        except (TLSError, OSError) as exc:
+            conn.close()
+            ev = ConnectionFailed("lost", stage, str(exc))
+        xfer = time.monotonic() - ready
+        if isinstance(ev, ConnectionFailed):
+            conn.close()
+            if reused and not ev.results and stage == "sending MAIL FROM":
+                return None
+            decided = {id(r.recipient): r for r in ev.results}
+            results = []
+            for rcpt in out.recipients:
+                r = decided.get(id(rcpt))
+                if r is not None:
+                    results.append(self._result(r, conn, conn_time, xfer))
+                else:
+                    results.append(
+                        AgentResult(
+                            DeliveryResult("deferred", ev.dsn, ev.reason(conn.namaddr)),
+                            relay=conn.relay,
+                            conn_time=conn_time,
+                            xfer_time=xfer,
+                            conn_use=conn.uses,
+                            service="smtp",
+                        )
+                    )
+            return results
+        assert isinstance(ev, TransactionDone)
+        if not (ev.reusable and self._keep(conn)):
+            await self._quit(conn)
+        return [self._result(r, conn, conn_time, xfer) for r in ev.results]
+
+    @staticmethod
+    def _result(r: RecipientResult, conn: _Conn, conn_time: float, xfer: float) -> AgentResult:
+        return AgentResult(
+            DeliveryResult(r.status, r.dsn, r.reason(conn.namaddr)),
+            relay=conn.relay,
+            conn_time=conn_time,
+            xfer_time=xfer,
+            conn_use=conn.uses,
+            remote_mta=conn.host,
+            smtp_reply=str(r.reply) if r.reply is not None else "",
+            service="smtp",
+        )
+
+    @staticmethod
+    def _results(
+        indexes: Sequence[int],
+        status: str,
+        dsn: str,
+        reason: str,
+        conn: _Conn,
+        conn_time: float,
+        since: float,
+    ) -> list[AgentResult]:
+        xfer = max(0.0, time.monotonic() - since) if since else 0.0
+        result = DeliveryResult(status, dsn, reason)  # type: ignore[arg-type]
+        return [
+            AgentResult(
+                result, relay=conn.relay, conn_time=conn_time, xfer_time=xfer, service="smtp"
+            )
+            for _ in indexes
+        ]
+
+
+def _soft(dsn: str) -> str:
+    return "4" + dsn[1:] if dsn.startswith("5") else dsn
+
+
+def _bare(nexthop: str) -> str:
+    """The domain or host of a next hop, without brackets and port (for name matching)."""
+    try:
+        host, _, _ = mxdns.parse_nexthop(nexthop)
+    except ValueError:
+        return nexthop
+    return host
+
+
+def _policy_keys(nexthop: str) -> list[str]:
+    """smtp_tls_policy_maps keys: the next hop as written, then `.parent` domains."""
+    text = nexthop.strip().lower()
+    keys = [text]
+    if not text.startswith("["):
+        domain = text.rsplit(":", 1)[0] if text.rsplit(":", 1)[-1].isdigit() else text
+        if domain != text:
+            keys.append(domain)
+        parts = domain.split(".")
+        keys += ["." + ".".join(parts[i:]) for i in range(1, len(parts))]
+    return keys

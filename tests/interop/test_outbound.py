@@ -1,0 +1,119 @@
+"""Outbound delivery (delivery/smtp.py) to real servers: Postfix from Debian and smtp-sink.
+
+postwall accepts a message on its smtpd and relays it (relayhost or transport_maps) to a
+private Postfix instance; each test checks where the message landed, postwall's log lines
+(TLS summary, status=, delays) and, where it matters, Postfix's own log of the session.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import pytest
+
+import peers
+
+pytestmark = pytest.mark.interop
+
+STATUS_RE = (
+    r"postfix-postwall/smtp\[\d+\]: {qid}: to=<{rcpt}>, relay={relay}, "
+    r"delay=[\d.]+, delays=[\d.]+/[\d.]+/[\d.]+/[\d.]+, dsn={dsn}, status={status} \((?P<text>.*)\)"
+)
+
+
+def _relay_params(receiver: peers.PostfixInstance, **extra: str) -> dict[str, str]:
+    params = {
+        "relayhost": f"[127.0.0.1]:{receiver.port}",
+        "smtp_tls_loglevel": "1",
+        "minimal_backoff_time": "1s",
+        "maximal_backoff_time": "2s",
+        "queue_run_delay": "1s",
+    }
+    params.update(extra)
+    return params
+
+
+def _send(server: peers.PostwallServer, subject: str, rcpt: str = "bob@example.test") -> str:
+    """Submit over SMTP; returns postwall's queue id."""
+    peers.smtp_send(
+        "127.0.0.1",
+        server.port,
+        "alice@localhost",
+        [rcpt],
+        peers.simple_message(subject, "alice@localhost", rcpt),
+    )
+    m = server.wait_log(rf"postfix-postwall/cleanup\[\d+\]: (\w+): message-id=<{subject}@")
+    return m.group(1)
+
+
+def _find(receiver: peers.PostfixInstance, user: str, subject: str) -> bytes:
+    def found() -> bytes | None:
+        for msg in peers.maildir_messages(receiver.maildir(user)):
+            if f"Subject: {subject}\r\n".encode() in msg or f"Subject: {subject}\n".encode() in msg:
+                return msg
+        return None
+
+    return peers.wait_for(found, 30, f"{subject} at the receiver", detail=receiver._log_tail)
+
+
+def test_may_delivers_over_starttls_to_postfix(
+    postwall_factory: Callable[..., peers.PostwallServer],
+    shared_postfix_receiver: peers.PostfixInstance,
+) -> None:
+    rx = shared_postfix_receiver
+    server = postwall_factory(params=_relay_params(rx, smtp_tls_security_level="may"))
+    qid = _send(server, "out.may")
+    relay = rf"127\.0\.0\.1\[127\.0\.0\.1\]:{rx.port}"
+    line = server.wait_log(
+        STATUS_RE.format(qid=qid, rcpt="bob@example.test", relay=relay, dsn="2.0.0", status="sent")
+    )
+    assert re.match(r"250 2\.0\.0 Ok: queued as \w+", line.group("text"))
+    server.wait_log(
+        rf"smtp\[\d+\]: Untrusted TLS connection established to {relay}: TLSv1\.3 with cipher"
+    )
+    server.wait_log(rf"qmgr\[\d+\]: {qid}: removed")
+    msg = _find(rx, "bob", "out.may")
+    # postwall's own Received header travels unchanged; Postfix adds its own on top.
+    assert re.search(rb"Received: from client\.postwall\.test \(localhost \[127\.0\.0\.1\]\)", msg)
+    assert msg.index(b"by localhost") if b"by localhost" in msg else True
+    rx.wait_log(r"Anonymous TLS connection established from localhost\[127\.0\.0\.1\]")
+
+
+def test_encrypt_to_a_server_without_starttls_defers_then_may_sends_plaintext(
+    postwall_factory: Callable[..., peers.PostwallServer],
+    smtp_sink_factory: Callable[..., peers.SmtpSink],
+) -> None:
+    sink = smtp_sink_factory()  # smtp-sink offers no STARTTLS without -S... it offers none
+    params = {
+        "relayhost": f"[127.0.0.1]:{sink.port}",
+        "smtp_tls_security_level": "encrypt",
+        "minimal_backoff_time": "1s",
+        "maximal_backoff_time": "1s",
+        "queue_run_delay": "1s",
+    }
+    server = postwall_factory(params=params)
+    qid = _send(server, "out.encrypt", "someone@remote.test")
+    relay = rf"127\.0\.0\.1\[127\.0\.0\.1\]:{sink.port}"
+    line = server.wait_log(
+        STATUS_RE.format(
+            qid=qid, rcpt="someone@remote.test", relay="none", dsn="4.7.4", status="deferred"
+        )
+    )
+    assert line.group("text") == (
+        f"TLS is required, but was not offered by host 127.0.0.1[127.0.0.1]"
+    )
+    assert sink.messages() == []
+    # The same message goes out in plaintext once the policy allows it (the how-to's relay).
+    server.params["smtp_tls_security_level"] = "may"
+    server.params["smtp_tls_note_starttls_offer"] = "yes"
+    server.write_config()
+    server.reload()
+    peers.run_postwall("postqueue", "-c", str(server.config_dir), "-f")
+    server.wait_log(
+        STATUS_RE.format(
+            qid=qid, rcpt="someone@remote.test", relay=relay, dsn="2.0.0", status="sent"
+        )
+    )
+    peers.wait_for(lambda: sink.messages(), 10, "the message at smtp-sink")
+    assert b"Subject: out.encrypt" in sink.messages()[0]
