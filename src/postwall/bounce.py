@@ -43,6 +43,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from postwall import logfmt
 from postwall.config.params import Params
 from postwall.queue.records import Envelope, Recipient
 
@@ -72,14 +73,6 @@ _SUBJECT = {
     ("success", False): "Successful Mail Delivery Report",
     ("failure", True): "Postmaster Copy: Undelivered Mail",
     ("delay", True): "Postmaster Warning: Delayed Mail",
-}
-# Log wording of bounce(8): "QID: <kind> notification: NEWQID".
-_LOG_KIND = {
-    ("failure", False): "sender non-delivery",
-    ("delay", False): "sender delay",
-    ("success", False): "sender delivery status",
-    ("failure", True): "postmaster non-delivery",
-    ("delay", True): "postmaster delay",
 }
 # Postfix's line_wrap() for the human-readable report and long DSN fields.
 _WRAP = 79
@@ -150,14 +143,14 @@ def audiences(kind: Kind, envelope: Envelope, params: Params) -> list[Audience]:
     if not envelope.sender:
         return out
     utf8 = envelope.smtputf8
-    out.append(Audience(envelope.sender, "", False, _LOG_KIND[(kind, False)], utf8))
+    out.append(Audience(envelope.sender, "", False, logfmt.NOTIFICATION_KINDS[(kind, False)], utf8))
     wanted = {"failure": "bounce", "delay": "delay"}.get(kind)
     if wanted and wanted in params.notify_classes:
         rcpt = (
             params.bounce_notice_recipient if kind == "failure" else params.delay_notice_recipient
         )
         sender = f"{params.double_bounce_sender}@{params.myorigin}"
-        out.append(Audience(rcpt, sender, True, _LOG_KIND[(kind, True)], utf8))
+        out.append(Audience(rcpt, sender, True, logfmt.NOTIFICATION_KINDS[(kind, True)], utf8))
     return out
 
 
