@@ -53,6 +53,7 @@ __all__ = [
     "RecipientNotice",
     "audiences",
     "compose",
+    "is_double_bounce",
     "mail_date",
     "message_id",
     "wants_notice",
@@ -136,11 +137,12 @@ def audiences(kind: Kind, envelope: Envelope, params: Params) -> list[Audience]:
     """Who is told: the sender (never for a null sender), plus a postmaster copy when
     notify_classes asks for it (``bounce`` for failures, ``delay`` for delay warnings),
     sent from double_bounce_sender so that it cannot bounce back (bounce_notify_service.c).
+    Mail from double_bounce_sender gets nothing (:func:`is_double_bounce`, no loops).
     A failed null-sender message (a bounce that bounced) is dropped silently, which is
     Postfix's behaviour without ``2bounce`` in notify_classes; ``2bounce`` copies are not
     supported (docs/status.md)."""
     out: list[Audience] = []
-    if not envelope.sender:
+    if not envelope.sender or is_double_bounce(envelope.sender, params):
         return out
     utf8 = envelope.smtputf8
     out.append(Audience(envelope.sender, "", False, logfmt.NOTIFICATION_KINDS[(kind, False)], utf8))
@@ -152,6 +154,18 @@ def audiences(kind: Kind, envelope: Envelope, params: Params) -> list[Audience]:
         sender = f"{params.double_bounce_sender}@{params.myorigin}"
         out.append(Audience(rcpt, sender, True, logfmt.NOTIFICATION_KINDS[(kind, True)], utf8))
     return out
+
+
+def is_double_bounce(sender: str, params: Params) -> bool:
+    """True for mail from double_bounce_sender (a postmaster copy): when it fails, Postfix
+    sends nothing and logs the warning ``logfmt.postmaster_notice_discarded``."""
+    local, _, domain = sender.rpartition("@") if "@" in sender else (sender, "", "")
+    if local.casefold() != params.double_bounce_sender.casefold():
+        return False
+    return not domain or domain.casefold() in (
+        params.myorigin.casefold(),
+        params.myhostname.casefold(),
+    )
 
 
 def message_id(new_queue_id: str, now: float, myhostname: str) -> str:

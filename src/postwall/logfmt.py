@@ -443,6 +443,12 @@ def notification(queue_id: str, kind: str, new_queue_id: str) -> str:
     return f"{queue_id}: {kind} notification: {new_queue_id}"
 
 
+def postmaster_notice_discarded(queue_id: str) -> str:
+    """Warning text (bounce_notify_service.c) when mail from double_bounce_sender, a
+    postmaster notice, is itself undeliverable: no notice about a notice."""
+    return f"{queue_id}: undeliverable postmaster notification discarded"
+
+
 def host_offered_starttls(host: str) -> str:
     """smtp client, with smtp_tls_note_starttls_offer=yes."""
     return f"Host offered STARTTLS: [{host}]"

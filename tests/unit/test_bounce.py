@@ -377,6 +377,14 @@ def test_null_sender_never_gets_a_notice() -> None:
         make(notices=[])
 
 
+def test_no_notice_about_a_postmaster_notice() -> None:
+    for sender in ("double-bounce@example.test", "Double-Bounce@mx.example.test", "double-bounce"):
+        assert bounce.is_double_bounce(sender, PARAMS)
+        assert bounce.audiences("failure", envelope(sender=sender), PARAMS) == []
+    for sender in ("double-bounce@elsewhere.test", "bob@example.test"):
+        assert not bounce.is_double_bounce(sender, PARAMS)
+
+
 def test_audiences_and_postmaster_copy() -> None:
     env = envelope()
     (sender,) = bounce.audiences("failure", env, PARAMS)
