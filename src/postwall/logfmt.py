@@ -426,11 +426,27 @@ def delivery_status(
     )
 
 
+# bounce(8)'s name for each notice it sends, by (bounce.Kind, postmaster copy);
+# src/bounce/bounce_notify_service.c, bounce_warn_service.c, bounce_trace_service.c.
+NOTIFICATION_KINDS = {
+    ("failure", False): "sender non-delivery",
+    ("failure", True): "postmaster non-delivery",
+    ("delay", False): "sender delay",
+    ("delay", True): "postmaster delay",
+    ("success", False): "sender delivery status",
+}
+
+
 def notification(queue_id: str, kind: str, new_queue_id: str) -> str:
-    """Bounce daemon: ``kind`` is ``sender non-delivery``, ``postmaster
-    non-delivery``, ``sender delay``, ``postmaster delay`` or ``sender
-    delivery status``."""
+    """Bounce daemon (service ``bounce``): ``kind`` is one of NOTIFICATION_KINDS'
+    values, e.g. ``QID: sender non-delivery notification: NEWQID``."""
     return f"{queue_id}: {kind} notification: {new_queue_id}"
+
+
+def postmaster_notice_discarded(queue_id: str) -> str:
+    """Warning text (bounce_notify_service.c) when mail from double_bounce_sender, a
+    postmaster notice, is itself undeliverable: no notice about a notice."""
+    return f"{queue_id}: undeliverable postmaster notification discarded"
 
 
 def host_offered_starttls(host: str) -> str:

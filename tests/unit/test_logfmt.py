@@ -285,6 +285,13 @@ CASES: dict[str, Callable[[], str]] = {
     ),
     "bounce_notice": lambda: lf.notification("4B1C0D2E3F", "sender non-delivery", "5D6E7F8A9B"),
     "delay_notice": lambda: lf.notification("4B1C0D2E3F", "sender delay", "5D6E7F8A9C"),
+    "success_notice": lambda: lf.notification(
+        "685F5162260", lf.NOTIFICATION_KINDS[("success", False)], "6E07516226D"
+    ),
+    "postmaster_notice": lambda: lf.notification(
+        "4B1C0D2E3F", lf.NOTIFICATION_KINDS[("failure", True)], "5D6E7F8A9D"
+    ),
+    "notice_discarded": lambda: lf.postmaster_notice_discarded("4B1C0D2E3F"),
     "starttls_offered": lambda: lf.host_offered_starttls("mx.example.net"),
     "connect_failed_v6": lambda: lf.connect_failed(
         "mx.example.net", "2001:db8::25", 25, "Network is unreachable"

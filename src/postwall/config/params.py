@@ -278,6 +278,7 @@ class Params:
     soft_bounce: bool = _b("no", "Turn hard rejects and bounces into soft ones.")
     notify_classes: tuple[str, ...] = _l("resource, software", "Problems reported to postmaster.")
     bounce_notice_recipient: str = _s("postmaster", "Recipient of bounce notices.")
+    bounce_size_limit: int = _i("50000", "Largest original message returned in full in a bounce.")
     error_notice_recipient: str = _s("postmaster", "Recipient of error notices.")
     delay_notice_recipient: str = _s("postmaster", "Recipient of delay notices.")
     double_bounce_sender: str = _s("double-bounce", "Sender of double-bounce notices.")
