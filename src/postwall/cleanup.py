@@ -126,13 +126,18 @@ class Cleanup:
         return added, message_id
 
     def _received(self, sub: Submission, now: float) -> bytes:
+        stamp = _rfc5322_date(now)
+        if not sub.client_addr:  # made here (a notice): Postfix's "Received: by" form
+            return (
+                f"Received: by {self._hostname} ({self._mail_name})\r\n"
+                f"\tid {sub.queue_id}; {stamp}\r\n"
+            ).encode()
         addr = f"IPv6:{sub.client_addr}" if ":" in sub.client_addr else sub.client_addr
         lines = [f"Received: from {sub.helo or sub.client_name} ({sub.client_name} [{addr}])"]
         lines.extend(sub.tls_clauses)
         lines.append(
             f"\tby {self._hostname} ({self._mail_name}) with {sub.protocol} id {sub.queue_id}"
         )
-        stamp = _rfc5322_date(now)
         if len(sub.recipients) == 1:
             lines.append(f"\tfor <{sub.recipients[0].address}>; {stamp}")
         else:

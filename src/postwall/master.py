@@ -199,6 +199,7 @@ class Master:
             sync_agents=self.delivery.sync_agents,
         )
         self.cleanup = Cleanup(params, self.store, self.log, on_commit=self.qmgr.wake)
+        self.qmgr.attach_cleanup(self.cleanup)
         services = build_smtpd_services(config, self.log, self.cleanup)
         if not services:
             raise StartupError([f"{self.config_dir}/master.cf: no smtpd inet service to run"])

@@ -30,12 +30,13 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from postwall import logfmt
+from postwall import bounce, logfmt
+from postwall.cleanup import Cleanup, Submission
 from postwall.config.params import Params
 from postwall.delivery import DeliveryResult
 from postwall.delivery.agents import Agent, AgentResult, SyncAgent
 from postwall.log import MailLog
-from postwall.queue.records import CorruptQueueFile, Envelope, RcptStatus
+from postwall.queue.records import CorruptQueueFile, Envelope, RcptStatus, Recipient
 from postwall.queue.store import QueuedMessage, QueueStore, State
 from postwall.resolve import AddressResolver, Destination
 
@@ -149,6 +150,7 @@ class QueueManager:
         self._fresh: dict[str, Envelope] = {}
         self._in_flight: set[str] = set()
         self._again: set[str] = set()  # flushed while in flight: try once more after
+        self._cleanup: Cleanup | None = None  # where notices are queued (attach_cleanup)
         # Deliveries under way (Postfix's agent processes), and messages loaded at once
         # (qmgr_message_active_limit): a message waiting for a busy destination holds
         # a message slot, never a delivery slot, so one slow site cannot starve others.
@@ -170,6 +172,10 @@ class QueueManager:
         self._resolver = resolver
         self._agents = agents
         self._sync_agents = sync_agents
+
+    def attach_cleanup(self, cleanup: Cleanup) -> None:
+        """Delivery status notices are queued through cleanup, as any other mail."""
+        self._cleanup = cleanup
 
     def wake(self, queue_id: str | None = None, envelope: Envelope | None = None) -> None:
         """A hint that `queue_id` (or anything) is waiting in incoming/; `envelope`
@@ -477,16 +483,32 @@ class QueueManager:
         return results
 
     async def _settle_outcomes(self, msg: QueuedMessage, outcomes: dict[int, AgentResult]) -> None:
-        """Record the attempt: remove a finished message, or defer it with its reasons."""
+        """Record the attempt: notices first (queued durably before any recipient is
+        marked done, so a crash can repeat a notice but never lose one), then remove a
+        finished message, or defer it with its reasons."""
         qid = msg.queue_id
         env = msg.envelope
+        p = self._params
         deferred = {i: o for i, o in outcomes.items() if o.result.status == "deferred"}
-        done: dict[RcptStatus, list[int]] = {RcptStatus.SENT: [], RcptStatus.BOUNCED: []}
-        for index, outcome in outcomes.items():
-            if outcome.result.status == "sent":
-                done[RcptStatus.SENT].append(index)
-            elif outcome.result.status == "bounced":
-                done[RcptStatus.BOUNCED].append(index)
+        now = time.time()
+        lifetime = p.maximal_queue_lifetime
+        if not env.sender or bounce.is_double_bounce(env.sender, p):
+            lifetime = p.bounce_queue_lifetime
+        failed = [i for i, o in outcomes.items() if o.result.status == "bounced"]
+        if deferred and now - env.arrival_time > lifetime:
+            # Past its lifetime: what is still pending is returned as failed, with the
+            # last deferral's 4.x.x status (as Postfix reports it).
+            self._log.info("qmgr", logfmt.expired(qid, env.sender))
+            failed += list(deferred)
+            deferred = {}
+        await self._notify("failure", msg, outcomes, failed)
+        sent = [i for i, o in outcomes.items() if o.result.status == "sent"]
+        await self._notify("success", msg, outcomes, sent)
+        warn = p.delay_warning_time
+        if deferred and warn > 0 and not env.warn_time and now - env.arrival_time >= warn:
+            await self._notify("delay", msg, outcomes, list(deferred))
+            await self._store.set_warn_time(qid, int(now), "active")
+        done = {RcptStatus.SENT: sent, RcptStatus.BOUNCED: failed}
         if deferred:
             # Only a message that stays queued needs its finished recipients on record.
             for status, indexes in done.items():
@@ -502,6 +524,73 @@ class QueueManager:
             return
         await self._store.remove(qid, "active", durable=False)
         self._log.info("qmgr", logfmt.removed(qid))
+
+    async def _notify(
+        self,
+        kind: bounce.Kind,
+        msg: QueuedMessage,
+        outcomes: dict[int, AgentResult],
+        indexes: list[int],
+    ) -> None:
+        """Queue the `kind` notice about the recipients at `indexes`."""
+        env = msg.envelope
+        p = self._params
+        notices = []
+        for index in sorted(indexes):
+            outcome = outcomes[index]
+            rcpt = env.recipients[index]
+            if not bounce.wants_notice(kind, env, rcpt, delay_warning_time=p.delay_warning_time):
+                continue
+            if kind == "success" and outcome.dsn_relayed:
+                continue  # the next hop took NOTIFY over (RFC 3461 4.1)
+            r = outcome.result
+            action = {"failure": "failed", "delay": "delayed"}.get(kind) or (
+                "delivered" if outcome.service == "local" else "relayed"
+            )
+            notices.append(
+                bounce.RecipientNotice(
+                    rcpt,
+                    action,  # type: ignore[arg-type]
+                    r.dsn,
+                    r.text,
+                    remote_mta=outcome.remote_mta or None,
+                    smtp_reply=outcome.smtp_reply or None,
+                )
+            )
+        cleanup = self._cleanup
+        if not notices or cleanup is None:
+            return
+        content = msg.read_content()
+        for audience in bounce.audiences(kind, env, p):
+            new_qid = cleanup.new_queue_id()
+            now = time.time()
+            data = bounce.compose(
+                kind,
+                env,
+                content,
+                notices,
+                params=p,
+                now=now,
+                message_id=bounce.message_id(new_qid, now, p.myhostname),
+                audience=audience,
+            )
+            sub = Submission(
+                queue_id=new_qid,
+                sender=audience.sender,
+                recipients=[Recipient(audience.recipient)],
+                content=data,
+                arrival_time=now,
+                client_name="",
+                client_addr="",
+                client_port=0,
+                helo=None,
+                protocol="ESMTP",
+                smtputf8=audience.smtputf8,
+            )
+            reply = await cleanup.submit(sub)
+            if reply is not None:  # not queued: keep the message, try again later
+                raise RuntimeError(f"cannot queue the {kind} notice: {reply}")
+            self._log.info("bounce", logfmt.notification(env.queue_id, audience.log_kind, new_qid))
 
     def _recipient_limit(self, transport: str) -> int:
         p = self._params

@@ -44,6 +44,7 @@ class AgentResult:
     remote_mta: str = ""  # the server's name, for a delivery status notice
     smtp_reply: str = ""  # the server's reply, for the notice's Diagnostic-Code
     service: str = "qmgr"  # who logs the status= line: smtp, local, discard, error...
+    dsn_relayed: bool = False  # the next hop announced DSN and got NOTIFY passed on
 
 
 # Recipients of one message that share a destination in, one result each (in order) out.

@@ -622,6 +622,7 @@ class SmtpAgent:
             remote_mta=conn.host,
             smtp_reply=str(r.reply) if r.reply is not None else "",
             service="smtp",
+            dsn_relayed=r.status == "sent" and conn.core.extensions.dsn,
         )
 
     @staticmethod
