@@ -62,7 +62,7 @@ TRUST_LEVELS = ("Anonymous", "Untrusted", "Trusted", "Verified")
 _LINE = re.compile(
     r"(?P<ts>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d"
     r"|\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?)"
-    r" (?P<host>\S+) (?P<tag>[^\s\[\]]+)\[(?P<pid>\d+)\]: (?P<text>.*)"
+    r" (?P<host>\S+) (?P<tag>[^\s\[\]:]+)(?:\[(?P<pid>\d+)\])?: (?P<text>.*)"
 )
 _SEVERITY = re.compile(r"(warning|error|fatal|panic): ")
 _ESTABLISHED = re.compile(
@@ -192,8 +192,10 @@ class Report:
             self.unparsed_lines += 1
             return
         tag = m["tag"]
-        if "/" not in tag or (
-            self.syslog_names and not any(tag.startswith(n + "/") for n in self.syslog_names)
+        if (
+            "/" not in tag
+            or m["pid"] is None
+            or (self.syslog_names and not any(tag.startswith(n + "/") for n in self.syslog_names))
         ):
             self.other_lines += 1
             return
@@ -404,6 +406,8 @@ def _tls(m: re.Match[str]) -> _TLS:
 
 def _failure(text: str) -> tuple[str | None, str | None]:
     """(kind, peer) of a TLS failure line, or (None, None)."""
+    if "TLS" not in text and "SSL_" not in text:  # most lines: answer quickly
+        return None, None
     if text.startswith("SSL_") and (m := _SSL_ERROR.match(text)):
         return f"SSL_{m['op']} error: {m['d']}", m["peer"]
     if (m := _LOST_STARTTLS.match(text)) is not None:
