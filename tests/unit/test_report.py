@@ -90,6 +90,7 @@ def test_inbound_sessions_messages_trust_and_subjects():
         "first": "Nov 28 09:13:12",
         "last": "Nov 28 09:29:39",
         "instances": {"postfix": 141},
+        "services": {"smtpd": 141},
     }
 
 
@@ -222,8 +223,14 @@ def test_garbage_truncated_and_foreign_lines_are_skipped(tmp_path):
                 f.write(line[: len(line) // 2].encode() + b"\n")  # a line cut short
         f.write(b"Nov 28 11:59:59 vm postfix/smtpd[1]: Trusted TLS connection establ")  # no EOL
     out = report(str(noisy))
-    assert out["input"]["other_lines"] == 2
-    assert out["input"]["unparsed_lines"] >= 2
+    counts = out["input"]
+    assert counts["lines"] == 5 + 141 + 15 + 1
+    assert counts["other_lines"] == 2  # sshd, kernel
+    assert (
+        counts["mail_lines"] + counts["other_lines"] + counts["unparsed_lines"] == counts["lines"]
+    )
+    assert counts["unparsed_lines"] >= 2  # the binary line, the long one, halves cut in the tag
+    assert counts["services"]["anvil"] == 1
     # half lines may open or close sessions early, but never add TLS that was not there
     assert out["inbound"]["sessions"]["tls"] == 5
     assert out["inbound"]["trust"]["Trusted"] == 1

@@ -394,6 +394,7 @@ class Report:
                 "first": self.first,
                 "last": self.last,
                 "instances": dict(_ranked(self.instances)),
+                "services": dict(_ranked(self.services)),
             },
             "inbound": _direction_json(self.inbound, top, outbound=False),
             "outbound": _direction_json(self.outbound, top, outbound=True),
