@@ -276,7 +276,6 @@ def test_bad_input_is_one_line():
 
 
 def test_html_has_png_charts(tmp_path):
-    pytest.importorskip("matplotlib")  # an extra of the test install; skipped only by hand
     page = tmp_path / "tls.html"
     proc = peers.run_postwall(
         "report", "--html", str(page), str(INBOUND), golden("outbound-offered")
