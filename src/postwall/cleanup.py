@@ -60,6 +60,7 @@ class Submission:
     # A local submission (sendmail): the submitting user id and full name.
     uid: int | None = None
     full_name: str = ""
+    internal: bool = False  # made by postwall itself (a -bv report): `by HOST (NAME)`
     attributes: dict[str, str] = field(default_factory=dict)
 
 
@@ -125,7 +126,7 @@ class Cleanup:
         added = []
         present = _scan_headers(sub.content)
         message_id = present.get(b"message-id")
-        if sub.rewrite_headers or self._always_add or sub.uid is not None:
+        if sub.rewrite_headers or self._always_add or sub.uid is not None or sub.internal:
             if b"message-id" not in present:
                 stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(now))
                 message_id = f"<{stamp}.{sub.queue_id}@{self._hostname}>"
@@ -137,9 +138,14 @@ class Cleanup:
         return received, added, message_id
 
     def _received(self, sub: Submission, now: float) -> bytes:
-        if sub.uid is not None:  # pickup's form for mail from sendmail
+        if sub.uid is not None or sub.internal:  # pickup's (or bounce's) form
+            by = (
+                f"{self._mail_name}, from userid {sub.uid}"
+                if sub.uid is not None
+                else self._mail_name
+            )
             return (
-                f"Received: by {self._hostname} ({self._mail_name}, from userid {sub.uid})\r\n"
+                f"Received: by {self._hostname} ({by})\r\n"
                 f"\tid {sub.queue_id}; {_rfc5322_date(now)}\r\n"
             ).encode()
         addr = f"IPv6:{sub.client_addr}" if ":" in sub.client_addr else sub.client_addr
