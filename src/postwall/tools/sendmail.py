@@ -304,11 +304,11 @@ def read_message(stream: object, dot_ends: bool, limit: int) -> bytes:
     at_start = True
     while True:
         chunk = os.read(fd, _READ_CHUNK)
-        data = pending + chunk
-        lines = data.split(b"\n")
-        pending = lines.pop() if chunk else b""
-        if not chunk and data:
-            lines.append(data)  # the last line had no line end
+        if chunk:
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()
+        else:  # end of input: a last line without its line end still counts
+            lines, pending = ([pending] if pending else []), b""
         for line in lines:
             line = line.rstrip(b"\r").replace(b"\r", b" ")
             if at_start and line.lstrip(b">").startswith(b"From "):
