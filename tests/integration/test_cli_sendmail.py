@@ -212,7 +212,8 @@ def test_bv_mails_a_delivery_status_report(server: peers.PostwallServer) -> None
     [
         (
             ["-Z", "root"],
-            "sendmail: invalid option -- 'Z'\nsendmail: fatal: usage: sendmail [options]\n",
+            "sendmail: invalid option -- 'Z'\nsendmail: invalid option -- 'Z'\n"
+            "sendmail: fatal: usage: sendmail [options]\n",
         ),
         (
             [],

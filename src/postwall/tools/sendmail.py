@@ -403,7 +403,8 @@ def main(argv: list[str]) -> int:
         for text in exc.warnings:
             _warn(text, env.log if env else None)
         if exc.getopt:
-            print(f"{PROG}: {exc.getopt}", file=sys.stderr)
+            # Postfix's getopt runs twice (a pre-scan looks for -C), so it complains twice.
+            print(f"{PROG}: {exc.getopt}\n{PROG}: {exc.getopt}", file=sys.stderr)
         _fatal(str(exc), env.log if env else None)
         return EX_TEMPFAIL
     except ToolError as exc:
