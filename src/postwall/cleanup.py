@@ -1,17 +1,22 @@
 """cleanup: turn a received message into a queue file, as Postfix's cleanup(8).
 
-Who calls it: smtpd (and later sendmail) with the envelope and the raw content.
-What it guarantees: the Received header is prepended; Message-ID, Date, From and To
-are added when missing for clients that qualify (always_add_missing_headers, or
-local_header_rewrite_clients' default permit_inet_interfaces: our own addresses);
-the message is committed through the queue store and `submit` returns only once
-the queue file is durable.  On failure it returns a 451 reply and nothing is left
-in the queue: the client keeps the message and retries.
+Who calls it: smtpd and `postwall sendmail` with the envelope and the raw content.
+What it guarantees: the Received header is prepended (for a local submission,
+`uid` set, pickup's `by HOST (MAIL_NAME, from userid N)` form); Message-ID, Date and
+From are appended to the header block when missing for clients that qualify
+(always_add_missing_headers, local_header_rewrite_clients' default
+permit_inet_interfaces: our own addresses, and local submissions), as Postfix 3.7
+does (no To: header: undisclosed_recipients_header is empty by default); a
+local submission's From carries the sender's full name.  The message is committed
+through the queue store and `submit` returns only once the queue file is durable.
+On failure it returns a 451 reply and nothing is left in the queue: the client
+keeps the message and retries.
 """
 
 from __future__ import annotations
 
 import email.utils
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +28,10 @@ from postwall.queue.records import Envelope, Recipient
 from postwall.queue.store import QueueStore
 from postwall.smtp.replies import Reply
 
-_MISSING_CHECKED = frozenset({b"message-id", b"date", b"from", b"to", b"resent-message-id"})
+_MISSING_CHECKED = frozenset({b"message-id", b"date", b"from", b"resent-message-id"})
+_HEADER = re.compile(rb"[!-9;-~]+[ \t]*:")
+# RFC 5322 specials that make a display name need quotes.
+_SPECIALS = frozenset('()<>[]:;@\\,."')
 
 
 @dataclass(slots=True)
@@ -49,6 +57,10 @@ class Submission:
     # Received-header lines about TLS, from tls.describe (TAB-led, no line end).
     tls_clauses: list[str] = field(default_factory=list)
     rewrite_headers: bool = False  # add missing headers for this client
+    # A local submission (sendmail): the submitting user id and full name.
+    uid: int | None = None
+    full_name: str = ""
+    internal: bool = False  # made by postwall itself (a -bv report): `by HOST (NAME)`
     attributes: dict[str, str] = field(default_factory=dict)
 
 
@@ -75,8 +87,8 @@ class Cleanup:
 
     async def submit(self, sub: Submission) -> Reply | None:
         """Queue the message durably; None on success, else the reply for the client."""
-        headers, message_id = self._added_headers(sub)
-        content = b"".join(headers) + sub.content
+        received, missing, message_id = self._added_headers(sub)
+        content = received + _append_headers(sub.content, missing)
         envelope = Envelope(
             queue_id=sub.queue_id,
             sender=sub.sender,
@@ -106,13 +118,15 @@ class Cleanup:
 
     # -- headers -------------------------------------------------------------
 
-    def _added_headers(self, sub: Submission) -> tuple[list[bytes], str | None]:
-        """The headers cleanup prepends, and the message's Message-ID (for the log)."""
+    def _added_headers(self, sub: Submission) -> tuple[bytes, list[bytes], str | None]:
+        """The Received header, the missing headers cleanup appends, and the message's
+        Message-ID (for the log)."""
         now = time.time()
-        added = [self._received(sub, now)]
+        received = self._received(sub, now)
+        added = []
         present = _scan_headers(sub.content)
         message_id = present.get(b"message-id")
-        if sub.rewrite_headers or self._always_add:
+        if sub.rewrite_headers or self._always_add or sub.uid is not None or sub.internal:
             if b"message-id" not in present:
                 stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(now))
                 message_id = f"<{stamp}.{sub.queue_id}@{self._hostname}>"
@@ -120,17 +134,19 @@ class Cleanup:
             if b"date" not in present:
                 added.append(f"Date: {_rfc5322_date(now)}\r\n".encode())
             if b"from" not in present:
-                added.append(f"From: {sub.sender or 'MAILER-DAEMON'}\r\n".encode())
-            if b"to" not in present:
-                added.append(b"To: undisclosed-recipients:;\r\n")
-        return added, message_id
+                added.append(f"From: {_from_value(sub)}\r\n".encode("utf-8", "surrogateescape"))
+        return received, added, message_id
 
     def _received(self, sub: Submission, now: float) -> bytes:
-        stamp = _rfc5322_date(now)
-        if not sub.client_addr:  # made here (a notice): Postfix's "Received: by" form
+        if sub.uid is not None or sub.internal:  # pickup's (or bounce's) form
+            by = (
+                f"{self._mail_name}, from userid {sub.uid}"
+                if sub.uid is not None
+                else self._mail_name
+            )
             return (
-                f"Received: by {self._hostname} ({self._mail_name})\r\n"
-                f"\tid {sub.queue_id}; {stamp}\r\n"
+                f"Received: by {self._hostname} ({by})\r\n"
+                f"\tid {sub.queue_id}; {_rfc5322_date(now)}\r\n"
             ).encode()
         addr = f"IPv6:{sub.client_addr}" if ":" in sub.client_addr else sub.client_addr
         lines = [f"Received: from {sub.helo or sub.client_name} ({sub.client_name} [{addr}])"]
@@ -138,12 +154,44 @@ class Cleanup:
         lines.append(
             f"\tby {self._hostname} ({self._mail_name}) with {sub.protocol} id {sub.queue_id}"
         )
+        stamp = _rfc5322_date(now)
         if len(sub.recipients) == 1:
             lines.append(f"\tfor <{sub.recipients[0].address}>; {stamp}")
         else:
             lines[-1] += ";"
             lines.append(f"\t{stamp}")
         return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")
+
+
+def _from_value(sub: Submission) -> str:
+    if not sub.sender:
+        return "MAILER-DAEMON"
+    name = sub.full_name.replace("\r", " ").replace("\n", " ").strip()
+    if not name:
+        return sub.sender
+    if any(c in _SPECIALS for c in name):
+        name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"{name} <{sub.sender}>"
+
+
+def _append_headers(content: bytes, headers: list[bytes]) -> bytes:
+    """`headers` after the message's own header block: before the blank line, or before
+    the first line that is not a header (then with a blank line, so the body stays body)."""
+    if not headers:
+        return content
+    extra = b"".join(headers)
+    pos = 0
+    while pos < len(content):
+        end = content.find(b"\r\n", pos)
+        line = content[pos:] if end < 0 else content[pos:end]
+        if line == b"":
+            return content[:pos] + extra + content[pos:]
+        if not (_HEADER.match(line) or (pos and line[:1] in (b" ", b"\t"))):
+            return content[:pos] + extra + b"\r\n" + content[pos:]
+        if end < 0:  # a last header line without its line end
+            return content + b"\r\n" + extra
+        pos = end + 2
+    return content + extra
 
 
 def _scan_headers(content: bytes) -> dict[bytes, str]:

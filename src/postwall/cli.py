@@ -97,10 +97,18 @@ def build_parser() -> argparse.ArgumentParser:
     start.set_defaults(func=cmd_start)
     for module in (postconf, check, queue, certs, control, report):
         module.register(sub)
+    # Listed for --help; main() hands its arguments to tools.sendmail unparsed.
+    sub.add_parser("sendmail", help="submit mail as Postfix's sendmail(1) (-t, -bs, -bv, ...)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_list = sys.argv[1:] if argv is None else argv
+    if args_list[:1] == ["sendmail"]:
+        # getopt-style options (-oi, -bs, -qIID) that argparse cannot parse.
+        from postwall.tools import sendmail
+
+        return sendmail.main(args_list[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -41,6 +41,7 @@ from postwall.delivery.agents import (
 from postwall.delivery.smtp import SmtpAgent
 from postwall.log import MailLog
 from postwall.qmgr import QueueManager
+from postwall.queue import wakeup
 from postwall.queue.store import QueueStore
 from postwall.resolve import AddressResolver
 from postwall.smtpd.restrictions import NotSupported, Restrictions
@@ -212,10 +213,18 @@ class Master:
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
         # postqueue -f / -i: look at the queue now instead of at the next periodic scan.
         loop.add_signal_handler(signal.SIGUSR1, lambda: loop.create_task(self.qmgr.flush()))
+        # sendmail's "look at incoming/ now" (Postfix's public/qmgr); only a hint.
+        try:
+            wake_sock = wakeup.listen(params.queue_directory, self.qmgr.wake)
+        except OSError as exc:
+            wake_sock = None
+            self.log.warning("master", f"wake-up socket {params.queue_directory}: {exc}")
         qmgr_task = loop.create_task(self.qmgr.run())
         self.ready.set()
         await self.stop_event.wait()
         self.log.info("master", logfmt.master_terminating(signal.SIGTERM))
+        if wake_sock is not None:
+            wakeup.close(wake_sock, params.queue_directory)
         await self._shutdown(qmgr_task)
         with contextlib.suppress(OSError):
             (Path(params.data_directory) / PID_FILE).unlink()

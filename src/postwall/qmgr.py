@@ -586,6 +586,7 @@ class QueueManager:
                 helo=None,
                 protocol="ESMTP",
                 smtputf8=audience.smtputf8,
+                internal=True,
             )
             reply = await cleanup.submit(sub)
             if reply is not None:  # not queued: keep the message, try again later

@@ -25,7 +25,7 @@ from pathlib import Path
 from postwall.config.params import Params
 from postwall.config.tables import Table, lookup_maps, open_maps
 from postwall.delivery import DeliveryResult, discard
-from postwall.delivery.local import LocalDeliveryNotSupported, deliver_local
+from postwall.delivery.local import LocalDeliveryNotSupported, deliver_local, resolve_mailbox
 from postwall.queue.store import QueuedMessage
 from postwall.resolve import AddressClass, AddressResolver, Destination
 
@@ -97,6 +97,27 @@ class LocalAgent:
                 if r.status == status:
                     return r
         return results[0]
+
+    def verify(self, address: str) -> DeliveryResult:
+        """What delivering to `address` would do, without delivering (sendmail -bv):
+        "sent" means deliverable, worded as Postfix's local(8) in verify mode."""
+        targets, problem = self._expand(address)
+        if problem is not None:
+            return problem
+        p = self._params
+        for user in targets:
+            try:
+                found = resolve_mailbox(
+                    user,
+                    home_mailbox=p.home_mailbox,
+                    mail_spool_directory=p.mail_spool_directory,
+                    recipient_delimiter=p.recipient_delimiter,
+                )
+            except LocalDeliveryNotSupported as exc:
+                return DeliveryResult("deferred", "4.3.0", str(exc))
+            if isinstance(found, DeliveryResult):
+                return found
+        return DeliveryResult("sent", "2.0.0", "delivers to maildir")
 
     def _deliver_one(
         self, msg: QueuedMessage, index: int, user: str, address: str, original: str, many: bool

@@ -71,9 +71,10 @@ REC_MESG = b"M"
 REC_END = b"E"
 _ENVELOPE_TYPES = {REC_TIME, REC_SENDER, REC_ATTR, REC_WARN, REC_RCPT}
 
-# Received-header protocol names, including the SMTPUTF8 ones (RFC 6531 3.7.3).
+# Received-header protocol names, including the SMTPUTF8 ones (RFC 6531 3.7.3);
+# "" for mail submitted with sendmail, which has no protocol (Postfix's pickup).
 PROTOCOLS = frozenset(
-    {"SMTP", "ESMTP", "ESMTPS", "ESMTPA", "ESMTPSA", "LMTP", "LMTPS", "LMTPA", "LMTPSA"}
+    {"", "SMTP", "ESMTP", "ESMTPS", "ESMTPA", "ESMTPSA", "LMTP", "LMTPS", "LMTPA", "LMTPSA"}
     | {"UTF8SMTP", "UTF8SMTPS", "UTF8SMTPA", "UTF8SMTPSA", "UTF8LMTP", "UTF8LMTPS"}
 )
 _NOTIFY = frozenset({"SUCCESS", "FAILURE", "DELAY", "NEVER"})
