@@ -101,7 +101,7 @@ def test_encrypt_to_a_server_without_starttls_defers_then_may_sends_plaintext(
         )
     )
     assert line.group("text") == (
-        f"TLS is required, but was not offered by host 127.0.0.1[127.0.0.1]"
+        "TLS is required, but was not offered by host 127.0.0.1[127.0.0.1]"
     )
     assert sink.messages() == []
     # The same message goes out in plaintext once the policy allows it (the how-to's relay).
