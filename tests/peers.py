@@ -349,6 +349,136 @@ def simple_message(subject: str, sender: str, to: str, body: str = "hello\r\n") 
     ).encode()
 
 
+class ScriptedPeer:
+    """A hostile or broken SMTP server on a free loopback port, for failure paths no real
+    server produces on demand. Each connection runs `script(conn, n)` in a thread (n
+    counts connections from 0); `conn.lines` records what the client sent. Helpers:
+    `conn.reply(text)`, `conn.read_line()`, `conn.read_data()`, `conn.starttls(cert,
+    key)` (real OpenSSL through the ssl module)."""
+
+    def __init__(self, script: Callable[[ScriptedConnection, int], None]) -> None:
+        self.script = script
+        self.port = free_port()
+        self.connections: list[ScriptedConnection] = []
+        self.errors: list[BaseException] = []
+        self._sock = socket.create_server(("127.0.0.1", self.port))
+        self._sock.settimeout(0.2)
+        self._stop = False
+        import threading
+
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def start(self) -> ScriptedPeer:
+        self._thread.start()
+        return self
+
+    def _serve(self) -> None:
+        import threading
+
+        while not self._stop:
+            try:
+                sock, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn = ScriptedConnection(sock)
+            n = len(self.connections)
+            self.connections.append(conn)
+            threading.Thread(target=self._run, args=(conn, n), daemon=True).start()
+
+    def _run(self, conn: ScriptedConnection, n: int) -> None:
+        try:
+            self.script(conn, n)
+        except (OSError, EOFError):
+            pass
+        except BaseException as exc:  # reported by the test through `errors`
+            self.errors.append(exc)
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self._stop = True
+        self._sock.close()
+        for conn in self.connections:
+            conn.close()
+
+
+class ScriptedConnection:
+    def __init__(self, sock: socket.socket) -> None:
+        import ssl
+
+        self.sock: socket.socket | ssl.SSLSocket = sock
+        self.sock.settimeout(30)
+        self.lines: list[bytes] = []
+        self.data: list[bytes] = []  # raw DATA bodies, up to and including CRLF.CRLF
+        self._buf = b""
+
+    def send(self, raw: bytes) -> None:
+        self.sock.sendall(raw)
+
+    def reply(self, *lines: str) -> None:
+        self.send("".join(f"{ln}\r\n" for ln in lines).encode())
+
+    def read_line(self) -> bytes:
+        while b"\r\n" not in self._buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError
+            self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\r\n")
+        self.lines.append(line)
+        return line
+
+    def read_data(self) -> bytes:
+        while b"\r\n.\r\n" not in self._buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError
+            self._buf += chunk
+        end = self._buf.index(b"\r\n.\r\n") + 5
+        body, self._buf = self._buf[:end], self._buf[end:]
+        self.data.append(body)
+        return body
+
+    def ehlo(self, *extensions: str) -> None:
+        """Read the client's EHLO and answer with `extensions`."""
+        line = self.read_line()
+        assert line.upper().startswith(b"EHLO "), line
+        self.reply(*(f"250-{e}" for e in ("scripted.test", *extensions[:-1])))
+        self.reply(f"250 {extensions[-1]}" if extensions else "250 scripted.test")
+
+    def starttls(self, cert: Path, key: Path) -> None:
+        import ssl
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        self.sock = ctx.wrap_socket(self.sock, server_side=True)
+        self._buf = b""
+
+    def accept_mail(self, final: str = "250 2.0.0 Ok: queued as SCRIPTED") -> None:
+        """MAIL, RCPT..., DATA, content: the usual answers (pipelined or not)."""
+        while True:
+            line = self.read_line().upper()
+            if line.startswith(b"MAIL") or line.startswith(b"RCPT"):
+                self.reply("250 2.1.0 Ok")
+            elif line == b"DATA":
+                self.reply("354 End data with <CR><LF>.<CR><LF>")
+                self.read_data()
+                self.reply(final)
+            elif line == b"QUIT":
+                self.reply("221 2.0.0 Bye")
+                return
+            elif line == b"RSET":
+                self.reply("250 2.0.0 Ok")
+            else:
+                self.reply("502 5.5.2 Error: command not recognized")
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
 # Instance names carry the creating pid so a later run can destroy what a killed run left.
 INSTANCE_PREFIX = "postfix-pwt-"
 _INSTANCE_RE = re.compile(rf"^{INSTANCE_PREFIX}(\d+)-(\d+)$")
