@@ -98,7 +98,14 @@ def test_required_howto_parameters_are_registered() -> None:
 def test_registry_names_are_postfix_parameters() -> None:
     services = ["smtp"]  # smtp_destination_* exist for the smtp transport only
     missing = [n for n in P.FIELDS if not is_postfix_parameter(n, services)]
-    assert missing == [n for n in P.FIELDS if P.is_postwall_only(n)] == ["smtpd_listen_backlog"]
+    assert (
+        missing
+        == [n for n in P.FIELDS if P.is_postwall_only(n)]
+        == [
+            "smtpd_listen_backlog",
+            "postwall_dns_servers",
+        ]
+    )
     assert all(P.doc(n).startswith("postwall only") for n in missing)
     assert not is_postfix_parameter("smtp_destination_concurrency_limit")
     assert is_postfix_parameter("relay_time_limit", ["relay"])

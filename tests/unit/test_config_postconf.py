@@ -111,7 +111,11 @@ def test_every_registry_value_matches_postconf(tmp_path: Path) -> None:
     assert warnings == []
     assert ours == postconf(tmp_path, *names)
     assert format_selected(cfg, names, expand=True)[0] == postconf(tmp_path, "-x", *names)
-    assert format_all(cfg).replace("smtpd_listen_backlog = 4096\n", "") == ours
+    only = ("smtpd_listen_backlog = 4096\n", "postwall_dns_servers =\n")
+    everything = format_all(cfg)
+    for line in only:
+        everything = everything.replace(line, "")
+    assert everything == ours
 
 
 def test_selected_reports_unknown_names(howto_dir: Path) -> None:

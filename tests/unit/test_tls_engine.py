@@ -366,6 +366,20 @@ def test_client_verify_and_secure_levels(pki: dict[str, Path]) -> None:
     )
 
 
+def test_name_mismatch_outranks_untrusted_issuer(pki: dict[str, Path]) -> None:
+    # Postfix keeps the verification error at the lowest depth (seen with posttls-finger):
+    # the leaf's name mismatch, not the untrusted CA above it.
+    st = server(pki)
+    no_ca = client(pki, smtp_tls_security_level="verify", smtp_tls_CAfile="")
+    _, cli = handshake(st, no_ca, nexthop="example.test", mx_hostname="other.example.test")
+    assert cli.info.trust == "Untrusted"
+    assert cli.info.verify_message.endswith(": num=62:hostname mismatch")
+    ok = client(pki, smtp_tls_security_level="verify")
+    _, cli = handshake(st, ok, nexthop="127.0.0.1", mx_hostname="127.0.0.1")
+    assert cli.info.trust == "Trusted"
+    assert cli.info.verify_message.endswith(": num=64:IP address mismatch")
+
+
 def test_send_before_handshake_is_an_error(pki: dict[str, Path]) -> None:
     srv = server(pki).new_session(PEER)
     with pytest.raises(TLSError):

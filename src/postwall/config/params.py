@@ -575,6 +575,12 @@ class Params:
     smtp_host_lookup: tuple[str, ...] = _l(
         "dns", "Lookup mechanisms: dns, native.", choices=("dns", "native")
     )
+    postwall_dns_servers: tuple[str, ...] = _l(
+        "",
+        "postwall only: name servers (address[:port]) for outbound lookups; "
+        "empty: /etc/resolv.conf.",
+        postwall=True,
+    )
     smtp_helo_name: str = _s("$myhostname", "Name sent in EHLO/HELO.", HOSTNAME)
     smtp_skip_5xx_greeting: bool = _b("yes", "Try the next MX after a 5xx greeting.")
     smtp_always_send_ehlo: bool = _b("yes", "Always send EHLO.")
