@@ -76,8 +76,9 @@ PREFIX = "tls-finger: "
 LEVELS = ("none", "may", "encrypt", "verify", "secure")
 
 # posttls-finger -L: each word's flags (Postfix tls_misc.c log_mask names; "verbose"
-# includes peercert..cache, "debug" is routine + ssl-debug + cache + verbose).
-_VERBOSE = {"verbose", "untrusted", "peercert", "certmatch", "cache"}
+# includes peercert..cache, "debug" is routine + ssl-debug + cache + verbose; neither
+# turns on "untrusted", which the verify and secure levels add: seen with posttls-finger).
+_VERBOSE = {"verbose", "peercert", "certmatch", "cache"}
 LOGOPTS: dict[str, set[str]] = {
     "0": set(),
     "none": set(),
@@ -472,6 +473,9 @@ class Session:
             if self.opts.wrapper and not self._handshake(offer):
                 return self.result
             self._chat(offer)
+            if self.opts.print_chain and not self.reconnect and self.result.info is not None:
+                for line in chain_pem(self.result.info):
+                    self.out.write(line)
         except TLSError as exc:
             # A broken record after the handshake: the session is gone.
             self.result.error = exc.reason
@@ -607,6 +611,9 @@ class Session:
         verbose = "verbose" in self.flags
         if verbose:
             self.out.log(describe.setting_up(self.peer, server_side=False))
+            # The cipher list line comes before the ClientHello's progress lines.
+            self.ctls.context_for(level)
+            self.out.log(describe.cipher_list_line(self.peer, self.ctls.cipher_lists[level]))
         self.tls = self.ctls.new_session(
             self.peer,
             nexthop=self.nexthop,
@@ -616,8 +623,6 @@ class Session:
             session=offer,
         )
         self.result.cipher_list = self.ctls.cipher_lists.get(level, "")
-        if verbose:
-            self.out.log(describe.cipher_list_line(self.peer, self.result.cipher_list))
         assert self.sock is not None
         self.sock.settimeout(self.opts.cmd_timeout)
         try:
@@ -916,9 +921,9 @@ def report(
     return lines
 
 
-def chain_pem(info: TLSInfo, digest: str) -> list[str]:
+def chain_pem(info: TLSInfo) -> list[str]:
     """posttls-finger -C: the chain as sent, with names and digests above each PEM block."""
-    lines = ["---", "Certificate chain"]
+    lines = ["", "---", "Certificate chain"]
     for i, cert in enumerate(info.peer_chain):
         lines += [
             f"{i:2d} subject: {cert.subject}",
@@ -928,7 +933,6 @@ def chain_pem(info: TLSInfo, digest: str) -> list[str]:
         ]
         pem = x509.load_der_x509_certificate(cert.der).public_bytes(serialization.Encoding.PEM)
         lines += pem.decode().rstrip("\n").splitlines()
-    lines.append("---")
     return lines
 
 
@@ -950,6 +954,8 @@ def cmd_tls_finger(args: argparse.Namespace) -> int:
     except NexthopError as exc:
         out.log(f"Destination address lookup failed: {exc.reason}")
         raise ToolError(f"{opts.destination}: {exc.reason}") from None
+    if "verbose" in opts.flags:
+        out.log("initializing the client-side TLS engine")
     if opts.verbose:
         for h in hosts:
             out.log(f"host {h.hostname} preference {h.preference}: {', '.join(h.addresses)}")
@@ -977,10 +983,6 @@ def cmd_tls_finger(args: argparse.Namespace) -> int:
         raise ToolError(f"no session with {opts.destination}: {last_error}")
     if first.error:
         raise ToolError(first.error)
-
-    if opts.print_chain and first.info is not None:
-        for line in chain_pem(first.info, opts.digest):
-            _write(line)
 
     resumption = _reconnect(opts, ctls, out, chosen, nexthop, first)
     level = opts.level
