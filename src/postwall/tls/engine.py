@@ -516,9 +516,11 @@ class TLSSession:
             if trust == "Trusted" and matched:
                 trust = "Verified"
             elif not matched and (trust == "Trusted" or self._verify_depth > 0):
-                # Postfix 3.7 leaves name checks to OpenSSL, whose depth-0 error
-                # (X509_V_ERR_HOSTNAME_MISMATCH, or IP_ADDRESS_MISMATCH when every name to
-                # match is an address) wins over an untrusted issuer further up.
+                # Postfix 3.7 leaves name checks to OpenSSL: a mismatch fails verification
+                # (so the session is Untrusted, as posttls-finger shows), and its depth-0
+                # error (X509_V_ERR_HOSTNAME_MISMATCH, or IP_ADDRESS_MISMATCH when every
+                # name to match is an address) wins over an untrusted issuer further up.
+                trust = "Untrusted"
                 ip_only = all(_is_ip(n) for n in self.match_names)
                 self._verify_message = (
                     f"server certificate verification failed for {self.peer}: "
