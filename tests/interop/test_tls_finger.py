@@ -174,6 +174,17 @@ def test_certificate_policy_failures_exit_3(
     assert field(ours, "verdict") == verdict
 
 
+def test_native_lookup_and_nexthop_match(
+    server: peers.PostwallServer, confdir: Path, certs: peers.TestCerts
+) -> None:
+    # /etc/hosts knows localhost; at secure the nexthop "localhost" is the name to match.
+    args = ("-c", "-h", "native", "-F", str(certs.ca_cert), f"[localhost]:{server.port}")
+    ours, ref = finger(confdir, *args), reference(*args)
+    got = same_lines(ours, ref)
+    assert got[0] == f"localhost[127.0.0.1]:{server.port}: matched peername: localhost"
+    assert ours.returncode == 0
+
+
 def test_reconnect_reports_resumption(
     server: peers.PostwallServer, confdir: Path, certs: peers.TestCerts
 ) -> None:

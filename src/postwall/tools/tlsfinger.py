@@ -251,6 +251,15 @@ def options(args: argparse.Namespace) -> Options:
     if args.conn_timeout < 1 or args.cmd_timeout < 1:
         raise ToolError("-t and -T need at least 1 second")
     params = _params(args)
+    try:
+        ClientSettings(helo_name=params.smtp_helo_name)
+    except ValueError as exc:
+        raise ToolError(f"smtp_helo_name: {exc}") from None
+    if args.servername:
+        try:
+            args.servername.encode("idna")
+        except UnicodeError:
+            raise ToolError(f"-s {args.servername}: not a valid server name") from None
     flags = parse_logopts(args.logopts)
     if level in ("verify", "secure"):
         flags.add("untrusted")  # posttls-finger: automatic where CA trust matters
