@@ -553,6 +553,93 @@ class SmtpSink:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+# --- unbound: a real name server on loopback --------------------------------------------------
+
+
+class Unbound:
+    """A private unbound on 127.0.0.1:`port` serving `zones` ({origin: zone file text}) as
+    authoritative auth-zones (so CNAME chains are answered as a real server does), refusing
+    refused.test. Ask it with `postwall.dns.make_resolver([f"127.0.0.1:{port}"])`; `stop()`
+    ends it."""
+
+    def __init__(self, directory: Path, zones: Mapping[str, str]) -> None:
+        self.directory = directory
+        self.zones = dict(zones)
+        self.port = free_port()
+        self.conf = directory / "unbound.conf"
+        self.log = directory / "unbound.log"
+        self._out = directory / "unbound.out"
+        auth = "".join(
+            "auth-zone:\n"
+            f'    name: "{origin}."\n'
+            f'    zonefile: "{directory}/{origin}.zone"\n'
+            "    for-downstream: yes\n"
+            "    for-upstream: yes\n"
+            for origin in self.zones
+        )
+        self.conf.write_text(
+            "server:\n"
+            "    interface: 127.0.0.1\n"
+            f"    port: {self.port}\n"
+            "    do-daemonize: no\n"
+            '    username: ""\n'
+            '    chroot: ""\n'
+            f'    directory: "{directory}"\n'
+            f'    pidfile: "{directory}/unbound.pid"\n'
+            f'    logfile: "{self.log}"\n'
+            "    use-syslog: no\n"
+            "    do-ip6: no\n"
+            "    access-control: 127.0.0.0/8 allow\n"
+            "    module-config: iterator\n"
+            # RFC 6761 names are built-in local zones; let the auth-zones answer instead.
+            '    local-zone: "test." nodefault\n'
+            '    local-zone: "refused.test." always_refuse\n'
+            f"{auth}"
+            "remote-control:\n"
+            "    control-enable: no\n"
+        )
+        for origin, text in self.zones.items():
+            (directory / f"{origin}.zone").write_text(text)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Unbound:
+        exe = require_tool("unbound")
+        _run([exe + "-checkconf", str(self.conf)], timeout=30)
+        with self._out.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [exe, "-d", "-c", str(self.conf)], stdout=out, stderr=subprocess.STDOUT
+            )
+        wait_for(self._answers, 10, f"unbound on 127.0.0.1:{self.port}", detail=self._tail)
+        return self
+
+    def _answers(self) -> bool:
+        import dns.exception
+        import dns.message
+        import dns.query
+
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise PeerError(f"unbound exited {self.proc.returncode}: {self._tail()}")
+        try:
+            q = dns.message.make_query(f"{next(iter(self.zones))}.", "SOA")
+            r = dns.query.udp(q, "127.0.0.1", timeout=0.3, port=self.port)
+        except (dns.exception.Timeout, OSError):
+            return False
+        return bool(r.answer)
+
+    def _tail(self) -> str:
+        return tail(read_text(self.log) + read_text(self._out))
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
 # --- private Postfix instances ---------------------------------------------------------------
 
 

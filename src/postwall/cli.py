@@ -23,6 +23,7 @@ from postwall.tools import (
     postconf,
     queue,
     report,
+    tlsfinger,
 )
 
 
@@ -95,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_config_option(start)
     start.set_defaults(func=cmd_start)
-    for module in (postconf, check, queue, certs, control, report):
+    for module in (postconf, check, queue, certs, control, report, tlsfinger):
         module.register(sub)
     # Listed for --help; main() hands its arguments to tools.sendmail unparsed.
     sub.add_parser("sendmail", help="submit mail as Postfix's sendmail(1) (-t, -bs, -bv, ...)")

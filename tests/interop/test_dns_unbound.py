@@ -10,13 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
-import dns.exception
-import dns.message
-import dns.query
 import pytest
 
 import peers
@@ -51,99 +46,27 @@ txtonly IN TXT "hello"
 """
 
 
-class Unbound:
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.port = peers.free_port()
-        self.conf = directory / "unbound.conf"
-        self.log = directory / "unbound.log"
-        self.conf.write_text(
-            "server:\n"
-            "    interface: 127.0.0.1\n"
-            f"    port: {self.port}\n"
-            "    do-daemonize: no\n"
-            '    username: ""\n'
-            '    chroot: ""\n'
-            f'    directory: "{directory}"\n'
-            f'    pidfile: "{directory}/unbound.pid"\n'
-            f'    logfile: "{self.log}"\n'
-            "    use-syslog: no\n"
-            "    do-ip6: no\n"
-            "    access-control: 127.0.0.0/8 allow\n"
-            "    module-config: iterator\n"
-            # RFC 6761 names are built-in local zones; let the auth-zone answer instead.
-            '    local-zone: "test." nodefault\n'
-            '    local-zone: "refused.test." always_refuse\n'
-            "auth-zone:\n"
-            '    name: "example.test."\n'
-            f'    zonefile: "{directory}/example.test.zone"\n'
-            "    for-downstream: yes\n"
-            "    for-upstream: yes\n"
-            "remote-control:\n"
-            "    control-enable: no\n"
-        )
-        (directory / "example.test.zone").write_text(ZONE)
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Unbound:
-        exe = peers.require_tool("unbound")
-        check = subprocess.run(
-            [exe + "-checkconf", str(self.conf)], capture_output=True, text=True, check=False
-        )
-        if check.returncode != 0:
-            raise peers.PeerError(f"unbound-checkconf: {check.stdout}{check.stderr}")
-        self.proc = subprocess.Popen(
-            [exe, "-d", "-c", str(self.conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
-        peers.wait_for(self._answers, 10, f"unbound on 127.0.0.1:{self.port}", detail=self._tail)
-        return self
-
-    def _answers(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise peers.PeerError(f"unbound exited {self.proc.returncode}: {self._tail()}")
-        try:
-            q = dns.message.make_query("mx1.example.test.", "A")
-            r = dns.query.udp(q, "127.0.0.1", timeout=0.3, port=self.port)
-        except (dns.exception.Timeout, OSError):
-            return False
-        return bool(r.answer)
-
-    def _tail(self) -> str:
-        text = self.log.read_text() if self.log.exists() else ""
-        return peers.tail(text)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-
 @pytest.fixture(scope="module")
-def unbound(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Unbound]:
-    server = Unbound(tmp_path_factory.mktemp("unbound"))
+def unbound(tmp_path_factory: pytest.TempPathFactory) -> Iterator[peers.Unbound]:
+    server = peers.Unbound(tmp_path_factory.mktemp("unbound"), {"example.test": ZONE})
     try:
         yield server.start()
     finally:
         server.stop()
 
 
-def resolve(unbound: Unbound, nexthop: str, **kw: object) -> list[MxHost]:
+def resolve(unbound: peers.Unbound, nexthop: str, **kw: object) -> list[MxHost]:
     resolver = make_resolver([f"127.0.0.1:{unbound.port}"], timeout=5)
     return asyncio.run(resolve_nexthop(nexthop, resolver=resolver, **kw))  # type: ignore[arg-type]
 
 
-def failure(unbound: Unbound, nexthop: str) -> NexthopError:
+def failure(unbound: peers.Unbound, nexthop: str) -> NexthopError:
     with pytest.raises(NexthopError) as info:
         resolve(unbound, nexthop)
     return info.value
 
 
-def test_mx_in_preference_order_with_addresses(unbound: Unbound) -> None:
+def test_mx_in_preference_order_with_addresses(unbound: peers.Unbound) -> None:
     hosts = resolve(unbound, "example.test")
     assert hosts[0] == MxHost("mx1.example.test", 10, ("192.0.2.1", "2001:db8::1"), 25)
     assert [h.preference for h in hosts] == [10, 20, 20, 20]
@@ -151,7 +74,7 @@ def test_mx_in_preference_order_with_addresses(unbound: Unbound) -> None:
     assert {h.addresses for h in hosts[1:]} == {(f"192.0.2.{i}",) for i in (2, 3, 4)}
 
 
-def test_equal_preferences_are_shuffled(unbound: Unbound) -> None:
+def test_equal_preferences_are_shuffled(unbound: peers.Unbound) -> None:
     orders = {
         tuple(h.hostname for h in resolve(unbound, "example.test", rng=random.Random(seed)))
         for seed in range(12)
@@ -160,24 +83,24 @@ def test_equal_preferences_are_shuffled(unbound: Unbound) -> None:
     assert all(order[0] == "mx1.example.test" for order in orders)
 
 
-def test_ipv4_only(unbound: Unbound) -> None:
+def test_ipv4_only(unbound: peers.Unbound) -> None:
     hosts = resolve(unbound, "example.test", inet_protocols=("ipv4",))
     assert hosts[0].addresses == ("192.0.2.1",)
 
 
-def test_domain_port_keeps_mx_lookup(unbound: Unbound) -> None:
+def test_domain_port_keeps_mx_lookup(unbound: peers.Unbound) -> None:
     hosts = resolve(unbound, "example.test:2525")
     assert hosts[0].hostname == "mx1.example.test"
     assert {h.port for h in hosts} == {2525}
 
 
-def test_no_mx_falls_back_to_a_record(unbound: Unbound) -> None:
+def test_no_mx_falls_back_to_a_record(unbound: peers.Unbound) -> None:
     assert resolve(unbound, "nomx.example.test") == [
         MxHost("nomx.example.test", 0, ("192.0.2.10",), 25)
     ]
 
 
-def test_bracketed_host_suppresses_mx_lookup(unbound: Unbound) -> None:
+def test_bracketed_host_suppresses_mx_lookup(unbound: peers.Unbound) -> None:
     # example.test has MX records and no A record: with brackets only A/AAAA is asked.
     assert resolve(unbound, "[mx2.example.test]:2525") == [
         MxHost("mx2.example.test", 0, ("192.0.2.2",), 2525)
@@ -195,20 +118,20 @@ def test_ip_literal_needs_no_dns() -> None:
     assert asyncio.run(run()) == [MxHost("127.0.0.1", 0, ("127.0.0.1",), 10025)]
 
 
-def test_cnames_are_followed(unbound: Unbound) -> None:
+def test_cnames_are_followed(unbound: peers.Unbound) -> None:
     assert resolve(unbound, "[alias.example.test]")[0].addresses == ("192.0.2.10",)
     hosts = resolve(unbound, "viacname.example.test")
     assert hosts == [MxHost("mxalias.example.test", 5, ("192.0.2.2",), 25)]
 
 
-def test_null_mx_is_permanent(unbound: Unbound) -> None:
+def test_null_mx_is_permanent(unbound: peers.Unbound) -> None:
     err = failure(unbound, "nullmx.example.test")
     assert not err.temporary
     assert err.dsn == "5.1.0"
     assert err.reason == "Domain nullmx.example.test does not accept mail (nullMX)"
 
 
-def test_nxdomain_is_permanent(unbound: Unbound) -> None:
+def test_nxdomain_is_permanent(unbound: peers.Unbound) -> None:
     err = failure(unbound, "nosuch.example.test")
     assert not err.temporary and err.dsn == "5.4.4"
     assert err.reason == (
@@ -217,20 +140,20 @@ def test_nxdomain_is_permanent(unbound: Unbound) -> None:
     )
 
 
-def test_no_address_at_all_is_permanent(unbound: Unbound) -> None:
+def test_no_address_at_all_is_permanent(unbound: peers.Unbound) -> None:
     err = failure(unbound, "txtonly.example.test")
     assert not err.temporary and err.dsn == "5.4.4"
     assert "name=txtonly.example.test" in err.reason
 
 
-def test_mx_host_without_address_is_skipped(unbound: Unbound) -> None:
+def test_mx_host_without_address_is_skipped(unbound: peers.Unbound) -> None:
     assert [h.hostname for h in resolve(unbound, "dangling.example.test")] == ["mx3.example.test"]
     err = failure(unbound, "broken.example.test")
     assert not err.temporary
     assert err.reason == "no MX host for broken.example.test has a valid address record"
 
 
-def test_refused_is_temporary(unbound: Unbound) -> None:
+def test_refused_is_temporary(unbound: peers.Unbound) -> None:
     err = failure(unbound, "refused.test")
     assert err.temporary and err.dsn == "4.4.3"
     assert err.reason.endswith("name=refused.test type=MX: Host not found, try again")

@@ -354,7 +354,8 @@ def test_client_verify_and_secure_levels(pki: dict[str, Path]) -> None:
     _, cli = handshake(st, ok, nexthop="example.test", mx_hostname="mx.example.test")
     assert cli.info.trust == "Verified" and cli.info.matched
     _, cli = handshake(st, ok, nexthop="example.test", mx_hostname="other.example.test")
-    assert cli.info.trust == "Trusted" and not cli.info.matched
+    # A trusted chain with the wrong name fails OpenSSL's verification in Postfix 3.7.
+    assert cli.info.trust == "Untrusted" and not cli.info.matched
     sec = client(pki, smtp_tls_security_level="secure")
     _, cli = handshake(st, sec, nexthop="example.test", mx_hostname="whatever")
     assert cli.info.trust == "Verified"  # dot-nexthop: mx.example.test under example.test
@@ -364,6 +365,20 @@ def test_client_verify_and_secure_levels(pki: dict[str, Path]) -> None:
     assert cli.info.verify_message.startswith(
         "certificate verification failed for mx.example.test[127.0.0.1]:25: untrusted issuer"
     )
+
+
+def test_name_mismatch_outranks_untrusted_issuer(pki: dict[str, Path]) -> None:
+    # Postfix keeps the verification error at the lowest depth (seen with posttls-finger):
+    # the leaf's name mismatch, not the untrusted CA above it.
+    st = server(pki)
+    no_ca = client(pki, smtp_tls_security_level="verify", smtp_tls_CAfile="")
+    _, cli = handshake(st, no_ca, nexthop="example.test", mx_hostname="other.example.test")
+    assert cli.info.trust == "Untrusted"
+    assert cli.info.verify_message.endswith(": num=62:hostname mismatch")
+    ok = client(pki, smtp_tls_security_level="verify")
+    _, cli = handshake(st, ok, nexthop="127.0.0.1", mx_hostname="127.0.0.1")
+    assert cli.info.trust == "Untrusted"
+    assert cli.info.verify_message.endswith(": num=64:IP address mismatch")
 
 
 def test_send_before_handshake_is_an_error(pki: dict[str, Path]) -> None:

@@ -582,13 +582,14 @@ class Params:
     smtp_rset_timeout: float = _t("20s", "Time limit for the RSET reply.", lo=1)
     smtp_mx_address_limit: int = _i("5", "Addresses tried per delivery (0: any).")
     smtp_mx_session_limit: int = _i("2", "Sessions tried per delivery (0: any).")
-    postwall_dns_servers: tuple[str, ...] = _l(
-        "",
-        "postwall only: name servers for the SMTP client, host[:port] (empty: resolv.conf).",
-        postwall=True,
-    )
     smtp_host_lookup: tuple[str, ...] = _l(
         "dns", "Lookup mechanisms: dns, native.", choices=("dns", "native")
+    )
+    postwall_dns_servers: tuple[str, ...] = _l(
+        "",
+        "postwall only: name servers (address[:port]) for outbound lookups; "
+        "empty: /etc/resolv.conf.",
+        postwall=True,
     )
     smtp_helo_name: str = _s("$myhostname", "Name sent in EHLO/HELO.", HOSTNAME)
     smtp_skip_5xx_greeting: bool = _b("yes", "Try the next MX after a 5xx greeting.")

@@ -524,11 +524,10 @@ class SmtpAgent:
         for line in describe.after_handshake(info, p.smtp_tls_loglevel):
             self._log.info("smtp", line)
         conn.tls = tls
-        if policy.level in ("verify", "secure"):
-            if not info.trusted:
-                raise _SessionFailed("4.7.5", "Server certificate not trusted")
-            if not info.matched:
-                raise _SessionFailed("4.7.5", "Server certificate not verified")
+        # Postfix 3.7 lets OpenSSL check the name too, so an untrusted chain and a wrong
+        # name both end here, with its one wording.
+        if policy.level in ("verify", "secure") and info.trust != "Verified":
+            raise _SessionFailed("4.7.5", "Server certificate not verified")
         if p.smtp_tls_session_cache_database:
             session = tls.get_session()
             if session is not None:

@@ -110,9 +110,12 @@ def peer_cert_lines(info: TLSInfo, loglevel: int = 2) -> list[str]:
 
 
 def reuse_line(info: TLSInfo) -> str | None:
-    """Postfix's loglevel-2 note for a resumed session (we always issue tickets)."""
+    """Postfix's loglevel-2 note for a resumed session (our server always issues tickets;
+    tls_client.c does not say how the session came back)."""
     if not info.reused:
         return None
+    if not info.server_side:
+        return f"{info.peer}: Reusing old session"
     return f"{info.peer}: Reusing old session (RFC 5077 session ticket)"
 
 

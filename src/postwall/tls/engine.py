@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -223,6 +224,14 @@ def _sig_params(cert: crypto.X509 | None, reused: bool) -> tuple[str, str, int, 
     return "", "", 0, ""
 
 
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def name_matches(pattern: str, name: str) -> bool:
     """RFC 6125 section 6.4: exact match or a left-most "*" label; ".domain" = subdomains."""
     pattern, name = pattern.lower().rstrip("."), name.lower().rstrip(".")
@@ -263,6 +272,7 @@ class TLSSession:
         self._info: TLSInfo | None = None
         self._verify_error = 0
         self._verify_message = ""
+        self._verify_depth = -1
         self._cert_requested = False
         self._role = "SSL_accept" if server_side else "SSL_connect"
         conn = SSL.Connection(context, None)
@@ -316,8 +326,11 @@ class TLSSession:
                     f"{self.peer}: depth={depth} verify={1 if ok else 0} "
                     f"subject={subject_oneline(cert)}"
                 )
-            if not ok and not self._verify_error:
+            # Postfix's update_error_state(): keep the error at the lowest depth, the first
+            # one seen at equal depths.
+            if not ok and (not self._verify_error or depth < self._verify_depth):
                 self._verify_error = errnum
+                self._verify_depth = depth
                 self._verify_message = self._describe_verify_error(cert, errnum)
         except Exception:  # never let logging break the handshake
             pass
@@ -502,11 +515,16 @@ class TLSSession:
             matched = any(name_matches(p, m) for p in names for m in self.match_names)
             if trust == "Trusted" and matched:
                 trust = "Verified"
-            elif trust == "Trusted":
-                # Postfix 3.7 leaves name checks to OpenSSL (X509_V_ERR_HOSTNAME_MISMATCH).
+            elif not matched and (trust == "Trusted" or self._verify_depth > 0):
+                # Postfix 3.7 leaves name checks to OpenSSL: a mismatch fails verification
+                # (so the session is Untrusted, as posttls-finger shows), and its depth-0
+                # error (X509_V_ERR_HOSTNAME_MISMATCH, or IP_ADDRESS_MISMATCH when every
+                # name to match is an address) wins over an untrusted issuer further up.
+                trust = "Untrusted"
+                ip_only = all(_is_ip(n) for n in self.match_names)
                 self._verify_message = (
                     f"server certificate verification failed for {self.peer}: "
-                    "num=62:hostname mismatch"
+                    + ("num=64:IP address mismatch" if ip_only else "num=62:hostname mismatch")
                 )
         sni = conn.get_servername() if self.server_side else None
         return TLSInfo(
