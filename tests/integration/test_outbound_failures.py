@@ -23,8 +23,9 @@ from postwall.queue.records import Envelope, Recipient
 from postwall.queue.store import QueueStore
 
 STATUS = (
-    r"postfix-postwall/smtp\[\d+\]: {qid}: to=<{rcpt}>, relay={relay}, (?:conn_use=\d+, )?delay=[\d.]+, "
-    r"delays=[\d.]+/[\d.]+/[\d.]+/[\d.]+, dsn={dsn}, status={status} \((?P<text>.*)\)"
+    r"postfix-postwall/smtp\[\d+\]: {qid}: to=<{rcpt}>, relay={relay}, "
+    r"(?:conn_use=\d+, )?delay=[\d.]+, delays=[\d.]+/[\d.]+/[\d.]+/[\d.]+, "
+    r"dsn={dsn}, status={status} \((?P<text>.*)\)"
 )
 
 
