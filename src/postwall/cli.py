@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import NoReturn
 
 from postwall import __version__, embedded
-from postwall.tools import ToolError, add_config_option, certs, check, control, postconf, queue
+from postwall.tools import (
+    ToolError,
+    add_config_option,
+    certs,
+    check,
+    control,
+    postconf,
+    queue,
+    saslpasswd,
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -86,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_config_option(start)
     start.set_defaults(func=cmd_start)
-    for module in (postconf, check, queue, certs, control):
+    for module in (postconf, check, queue, certs, control, saslpasswd):
         module.register(sub)
     return parser
 
