@@ -504,8 +504,9 @@ def _challenge_all(conn: ServerConnection, ev: Event) -> None:
 
 def test_auth_response_longer_than_the_sasl_limit() -> None:
     # Reference (Postfix 3.7.11 with Dovecot): a 12280-byte response (under
-    # smtpd_sasl_response_limit, 12288) reaches the plug-in even though it is longer than line_length_limit; a longer
-    # one gets "500 5.5.6 SASL response limit exceeded" and its tail is thrown away.
+    # smtpd_sasl_response_limit, 12288) reaches the plug-in even though it is longer
+    # than line_length_limit; a longer one gets "500 5.5.6 SASL response limit
+    # exceeded" and its tail is thrown away.
     s = Session(ServerSettings(sasl_mechanisms=("PLAIN",)), policy=_challenge_all)
     s.send(b"AUTH PLAIN\r\n")
     assert s.send(b"A" * 12280 + b"\r\n") == b"334 \r\n"
