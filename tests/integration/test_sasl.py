@@ -9,9 +9,6 @@ The submission policy is Postfix's usual one: relay only for authenticated clien
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
-import os
 import re
 import smtplib
 import socket
@@ -133,48 +130,16 @@ def test_smtplib_login_and_received_header(submission: peers.PostwallServer) -> 
     ), head
 
 
-class ScramClient:
-    """RFC 5802 client side, SHA-256, no channel binding."""
-
-    def __init__(self, user: str, password: str) -> None:
-        self.user, self.password = user, password
-        self.nonce = base64.b64encode(os.urandom(18)).decode()
-        self.first_bare = f"n={user},r={self.nonce}"
-
-    def first(self) -> str:
-        return base64.b64encode(f"n,,{self.first_bare}".encode()).decode()
-
-    def final(self, challenge: str) -> str:
-        server_first = base64.b64decode(challenge).decode()
-        attrs = dict(kv.split("=", 1) for kv in server_first.split(","))
-        assert attrs["r"].startswith(self.nonce)
-        salted = hashlib.pbkdf2_hmac(
-            "sha256", self.password.encode(), base64.b64decode(attrs["s"]), int(attrs["i"])
-        )
-        client_key = hmac.digest(salted, b"Client Key", "sha256")
-        without_proof = f"c=biws,r={attrs['r']}"
-        self.auth_message = f"{self.first_bare},{server_first},{without_proof}".encode()
-        signature = hmac.digest(hashlib.sha256(client_key).digest(), self.auth_message, "sha256")
-        proof = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
-        self.server_key = hmac.digest(salted, b"Server Key", "sha256")
-        final = f"{without_proof},p={base64.b64encode(proof).decode()}"
-        return base64.b64encode(final.encode()).decode()
-
-    def check_server(self, challenge: str) -> bool:
-        expected = hmac.digest(self.server_key, self.auth_message, "sha256")
-        return base64.b64decode(challenge) == b"v=" + base64.b64encode(expected)
-
-
 def test_scram_sha_256(submission: peers.PostwallServer) -> None:
     with smtplib.SMTP("127.0.0.1", submission.port, timeout=30) as s:
         s.starttls(context=_ctx())
         s.ehlo("client.test")
-        wrong = ScramClient("bob", "not it")
+        wrong = peers.ScramClient("bob", "not it")
         code, challenge = s.docmd("AUTH SCRAM-SHA-256", wrong.first())
         assert code == 334
         code, text = s.docmd(wrong.final(challenge.decode()))
         assert (code, text) == (535, b"5.7.8 Error: authentication failed: authentication failure")
-        client = ScramClient("bob", PASSWORD)
+        client = peers.ScramClient("bob", PASSWORD)
         code, challenge = s.docmd("AUTH SCRAM-SHA-256", client.first())
         code, server_final = s.docmd(client.final(challenge.decode()))
         assert code == 334 and client.check_server(server_final.decode())

@@ -67,6 +67,9 @@ class Refused:
     reason: str
     username: str | None = None
     temporary: bool = False
+    # Dovecot's own verdict (FAIL), as opposed to one postwall reached before asking it.
+    # Postfix logs the user name of the last FAIL/OK again with later local refusals.
+    from_backend: bool = False
 
 
 Outcome = More | Done | Refused
@@ -278,6 +281,6 @@ def _outcome(answer: Answer) -> Outcome:
         return More(answer.data)
     if answer.kind == "OK":
         if not answer.user:
-            return Refused("Authentication backend error")
+            return Refused("Authentication backend error", from_backend=True)
         return Done(answer.user)
-    return Refused(answer.reason or "", answer.user)
+    return Refused(answer.reason or "", answer.user, from_backend=True)

@@ -89,6 +89,7 @@ class SmtpSession(asyncio.Protocol):
         self.sasl_mechanism = ""  # the one being tried
         self.sasl_conv: Conversation | None = None
         self.sasl_sender: str | None = None
+        self.sasl_last_user: str | None = None  # see Refused.from_backend
         self.tls: TLSSession | None = None
         self.tls_info: TLSInfo | None = None
         self.queue_id: str | None = None
@@ -479,6 +480,10 @@ class SmtpSession(asyncio.Protocol):
                     self.conn.accept()
                 case Refused(reason=reason, username=username, temporary=temporary):
                     self.sasl_conv = None
+                    if sasl.dovecot is not None:
+                        if outcome.from_backend:
+                            self.sasl_last_user = username
+                        username = self.sasl_last_user
                     self.log.warning(
                         "smtpd",
                         logfmt.sasl_failed(
