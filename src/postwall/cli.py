@@ -61,7 +61,15 @@ def _print_welcome(layout: embedded.Layout, created: list[str]) -> None:
     print(f"  data (queue, Maildirs, log): {layout.data_dir}", file=out)
     print(f"  Maildirs: {layout.maildir_root}/<user>/", file=out)
     print(f"  mail log: {layout.maillog}", file=out)
-    print("  listening: 127.0.0.1:2525 (STARTTLS), 127.0.0.1:2465 (implicit TLS)", file=out)
+    print(
+        "  listening: 127.0.0.1:2525 (STARTTLS), 127.0.0.1:2465 (implicit TLS), "
+        "127.0.0.1:2587 (submission: STARTTLS and AUTH)",
+        file=out,
+    )
+    print(
+        f"  submission users: postwall saslpasswd -c {layout.config_dir} add USER",
+        file=out,
+    )
     user = _user()
     print(
         f"Try it: swaks --server 127.0.0.1:2525 --tls --to {user}@localhost "
