@@ -11,8 +11,11 @@ call those at teardown. Test-only code: nothing in src/ imports it.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
+import hashlib
+import hmac
 import itertools
 import os
 import re
@@ -1261,6 +1264,122 @@ class PostwallServer:
     @property
     def queue_dir(self) -> Path:
         return Path(self.params["queue_directory"])
+
+
+# --- SASL --------------------------------------------------------------------------------
+
+
+class ScramClient:
+    """RFC 5802 client side, SHA-256, no channel binding."""
+
+    def __init__(self, user: str, password: str) -> None:
+        self.user, self.password = user, password
+        self.nonce = base64.b64encode(os.urandom(18)).decode()
+        self.first_bare = f"n={user},r={self.nonce}"
+
+    def first(self) -> str:
+        return base64.b64encode(f"n,,{self.first_bare}".encode()).decode()
+
+    def final(self, challenge: str) -> str:
+        server_first = base64.b64decode(challenge).decode()
+        attrs = dict(kv.split("=", 1) for kv in server_first.split(","))
+        assert attrs["r"].startswith(self.nonce)
+        salted = hashlib.pbkdf2_hmac(
+            "sha256", self.password.encode(), base64.b64decode(attrs["s"]), int(attrs["i"])
+        )
+        client_key = hmac.digest(salted, b"Client Key", "sha256")
+        without_proof = f"c=biws,r={attrs['r']}"
+        self.auth_message = f"{self.first_bare},{server_first},{without_proof}".encode()
+        signature = hmac.digest(hashlib.sha256(client_key).digest(), self.auth_message, "sha256")
+        proof = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
+        self.server_key = hmac.digest(salted, b"Server Key", "sha256")
+        final = f"{without_proof},p={base64.b64encode(proof).decode()}"
+        return base64.b64encode(final.encode()).decode()
+
+    def check_server(self, challenge: str) -> bool:
+        expected = hmac.digest(self.server_key, self.auth_message, "sha256")
+        return base64.b64decode(challenge) == b"v=" + base64.b64encode(expected)
+
+
+DOVECOT_CONF = """\
+base_dir = {dir}/run
+state_dir = {dir}/state
+protocols =
+ssl = no
+log_path = {dir}/dovecot.log
+disable_plaintext_auth = no
+auth_failure_delay = 0
+auth_mechanisms = plain login scram-sha-256 cram-md5
+passdb {{
+  driver = passwd-file
+  args = {dir}/users
+}}
+userdb {{
+  driver = static
+  args = uid=65534 gid=65534 home={dir}/home
+}}
+service auth {{
+  unix_listener {dir}/auth {{
+    mode = 0666
+  }}
+}}
+service anvil {{
+  unix_listener anvil-auth-penalty {{
+    mode = 0666
+  }}
+}}
+"""
+
+
+@dataclass
+class DovecotAuthServer:
+    """`dovecot -F -c CONF` with only its auth service: a passwd-file passdb of `users`
+    ({PLAIN} passwords, so every mechanism works), its auth-client socket at `socket`
+    (mode 0666 under WORK_ROOT, so Postfix's unprivileged smtpd reaches it too), no
+    protocols, no SSL, no failure delay.  Always `stop()`."""
+
+    users: Mapping[str, str]
+    directory: Path = field(init=False)
+    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def socket(self) -> Path:
+        return self.directory / "auth"
+
+    def start(self) -> DovecotAuthServer:
+        exe = require_tool("dovecot")
+        WORK_ROOT.mkdir(parents=True, exist_ok=True)
+        self.directory = Path(tempfile.mkdtemp(prefix="dovecot-", dir=WORK_ROOT))
+        self.directory.chmod(0o755)
+        (self.directory / "users").write_text(
+            "".join(f"{u}:{{PLAIN}}{p}\n" for u, p in self.users.items())
+        )
+        conf = self.directory / "dovecot.conf"
+        conf.write_text(DOVECOT_CONF.format(dir=self.directory))
+        self._proc = subprocess.Popen(
+            [exe, "-F", "-c", str(conf)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(
+            lambda: self.socket.exists() or self._proc.poll() is not None,  # type: ignore[union-attr]
+            20,
+            "dovecot's auth socket",
+        )
+        if self._proc.poll() is not None:
+            raise PeerError(f"dovecot exited: {read_text(self.directory / 'dovecot.log')}")
+        return self
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(5)
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 # --- postwall's own command line and the how-to's configuration -----------------------------

@@ -54,6 +54,7 @@ class Submission:
     smtputf8: bool = False
     sasl_method: str | None = None
     sasl_username: str | None = None
+    sasl_header: bool = False  # smtpd_sasl_authenticated_header
     # Received-header lines about TLS, from tls.describe (TAB-led, no line end).
     tls_clauses: list[str] = field(default_factory=list)
     rewrite_headers: bool = False  # add missing headers for this client
@@ -151,6 +152,8 @@ class Cleanup:
         addr = f"IPv6:{sub.client_addr}" if ":" in sub.client_addr else sub.client_addr
         lines = [f"Received: from {sub.helo or sub.client_name} ({sub.client_name} [{addr}])"]
         lines.extend(sub.tls_clauses)
+        if sub.sasl_header and sub.sasl_username:
+            lines.append(f"\t(Authenticated sender: {_comment_safe(sub.sasl_username)})")
         lines.append(
             f"\tby {self._hostname} ({self._mail_name}) with {sub.protocol} id {sub.queue_id}"
         )
@@ -212,6 +215,11 @@ def _scan_headers(content: bytes) -> dict[bytes, str]:
         if sep and name in _MISSING_CHECKED and name not in found:
             current = found[name] = [rest.strip()]
     return {name: b" ".join(v).decode("utf-8", "replace") for name, v in found.items()}
+
+
+def _comment_safe(text: str) -> str:
+    # Inside a header comment: no parentheses, backslashes or control characters.
+    return "".join("?" if c in "()\\" or ord(c) < 32 or c == "\x7f" else c for c in text)
 
 
 _date_cache: tuple[int, str] = (-1, "")

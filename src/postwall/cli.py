@@ -23,6 +23,7 @@ from postwall.tools import (
     postconf,
     queue,
     report,
+    saslpasswd,
     tlsfinger,
 )
 
@@ -62,7 +63,15 @@ def _print_welcome(layout: embedded.Layout, created: list[str]) -> None:
     print(f"  data (queue, Maildirs, log): {layout.data_dir}", file=out)
     print(f"  Maildirs: {layout.maildir_root}/<user>/", file=out)
     print(f"  mail log: {layout.maillog}", file=out)
-    print("  listening: 127.0.0.1:2525 (STARTTLS), 127.0.0.1:2465 (implicit TLS)", file=out)
+    print(
+        "  listening: 127.0.0.1:2525 (STARTTLS), 127.0.0.1:2465 (implicit TLS), "
+        "127.0.0.1:2587 (submission: STARTTLS and AUTH)",
+        file=out,
+    )
+    print(
+        f"  submission users: postwall saslpasswd -c {layout.config_dir} add USER",
+        file=out,
+    )
     user = _user()
     print(
         f"Try it: swaks --server 127.0.0.1:2525 --tls --to {user}@localhost "
@@ -96,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_config_option(start)
     start.set_defaults(func=cmd_start)
-    for module in (postconf, check, queue, certs, control, report, tlsfinger):
+    for module in (postconf, check, queue, certs, control, report, tlsfinger, saslpasswd):
         module.register(sub)
     # Listed for --help; main() hands its arguments to tools.sendmail unparsed.
     sub.add_parser("sendmail", help="submit mail as Postfix's sendmail(1) (-t, -bs, -bv, ...)")

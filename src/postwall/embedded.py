@@ -6,7 +6,10 @@ how-to's TLS block, a local CA, a server certificate whose CN and subjectAltName
 are $myhostname, and a client certificate signed by that CA (keys mode 0600);
 it never overwrites an existing file.  The server it describes listens on
 127.0.0.1:2525 (and implicit TLS on 127.0.0.1:2465), accepts mail for localhost
-and $myhostname and delivers it to Maildirs under the data directory.
+and $myhostname and delivers it to Maildirs under the data directory; a submission
+port on 127.0.0.1:2587 requires STARTTLS and SMTP AUTH (users in
+$config_directory/sasl_passwd, added with `postwall saslpasswd add USER`) and relays
+only for authenticated clients.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from postwall.tls import certs
 
 SMTP_PORT = 2525
 SMTPS_PORT = 2465
+SUBMISSION_PORT = 2587
 
 
 @dataclass(frozen=True)
@@ -153,6 +157,11 @@ smtpd_tls_mandatory_exclude_ciphers = aNULL, MD5
 smtp_tls_security_level = may
 smtp_tls_note_starttls_offer = yes
 smtp_tls_loglevel = 1
+
+# SMTP AUTH, turned on for the submission service in master.cf.  Users and their
+# scrypt-hashed passwords: `postwall saslpasswd add USER` (no reload needed).
+smtpd_sasl_type = postwall
+smtpd_sasl_path = sasl_passwd
 """
 
 MASTER_CF = """\
@@ -163,9 +172,11 @@ MASTER_CF = """\
 # Implicit TLS (as on port 465):
 127.0.0.1:2465           inet  n       -       n       -       -       smtpd
   -o smtpd_tls_wrappermode=yes
-# A port that requires STARTTLS before mail:
-#127.0.0.1:2587          inet  n       -       n       -       -       smtpd
-#  -o smtpd_tls_security_level=encrypt
+# Submission (RFC 6409): STARTTLS first, then AUTH; only authenticated clients get in.
+127.0.0.1:2587           inet  n       -       n       -       -       smtpd
+  -o smtpd_tls_security_level=encrypt
+  -o smtpd_sasl_auth_enable=yes
+  -o smtpd_client_restrictions=permit_sasl_authenticated,reject
 """
 
 ALIASES = """\

@@ -44,6 +44,7 @@ from postwall.qmgr import QueueManager
 from postwall.queue import wakeup
 from postwall.queue.store import QueueStore
 from postwall.resolve import AddressResolver
+from postwall.sasl.server import SaslServer
 from postwall.smtpd.restrictions import NotSupported, Restrictions
 from postwall.smtpd.session import SmtpdService, SmtpSession, core_settings
 from postwall.tls.policy import ServerTLS, TLSConfigError
@@ -88,6 +89,7 @@ def build_smtpd_services(config: Config, log: MailLog, cleanup: Cleanup) -> dict
             resolver = AddressResolver.from_params(params)
             networks = Networks(params.mynetworks)
             restrictions = Restrictions(params, resolver, networks)
+            sasl = SaslServer(params) if params.smtpd_sasl_auth_enable else None
         except (TLSConfigError, NotSupported, ValueError, OSError) as exc:
             problems.append(f"{where}: service {svc.name}: {exc}")
             continue
@@ -102,6 +104,7 @@ def build_smtpd_services(config: Config, log: MailLog, cleanup: Cleanup) -> dict
             tls=tls,
             settings=core_settings(params, tls),
             sessions=set(),
+            sasl=sasl,
         )
     if problems:
         raise StartupError(problems)

@@ -34,8 +34,16 @@ def test_initialise_writes_a_loadable_configuration_and_private_keys(tmp_path: P
     assert p.myhostname == "mx.example.test"
     assert p.smtpd_tls_security_level == "may"
     assert p.mail_spool_directory == f"{layout.data_dir}/mail/"
-    assert [s.listen for s in cfg.services] == [("127.0.0.1", 2525), ("127.0.0.1", 2465)]
+    assert [s.listen for s in cfg.services] == [
+        ("127.0.0.1", 2525),
+        ("127.0.0.1", 2465),
+        ("127.0.0.1", 2587),
+    ]
     assert cfg.services[1].params.smtpd_tls_wrappermode
+    submission = cfg.services[2].params
+    assert submission.smtpd_sasl_auth_enable and not p.smtpd_sasl_auth_enable
+    assert submission.smtpd_tls_security_level == "encrypt"
+    assert submission.smtpd_client_restrictions == ("permit_sasl_authenticated", "reject")
     for key in ("ca.key", "smtp.key", "client.key"):
         mode = stat.S_IMODE(os.stat(layout.certs_dir / key).st_mode)
         assert mode == 0o600, (key, oct(mode))
@@ -56,8 +64,8 @@ def test_initialise_writes_a_loadable_configuration_and_private_keys(tmp_path: P
 
 
 def test_start_on_a_new_directory_serves_the_embedded_default(tmp_path: Path):
-    if peers.port_open("127.0.0.1", 2525) or peers.port_open("127.0.0.1", 2465):
-        pytest.skip("127.0.0.1:2525 or :2465 is taken by another server on this machine")
+    if any(peers.port_open("127.0.0.1", port) for port in (2525, 2465, 2587)):
+        pytest.skip("127.0.0.1:2525, :2465 or :2587 is taken by another server on this machine")
     directory = tmp_path / "fresh"
     env = {**os.environ, "PYTHONPATH": str(peers.SRC)}
     proc = subprocess.Popen(
@@ -76,6 +84,20 @@ def test_start_on_a_new_directory_serves_the_embedded_default(tmp_path: Path):
             s.starttls(context=ctx)
             s.sendmail("me@example.org", ["root@localhost"], b"Subject: hi\r\n\r\nhello\r\n")
         peers.wait_maildir(directory / "data" / "mail" / "root")
+        # Submission: no AUTH, no mail; a user added with saslpasswd gets in.
+        with smtplib.SMTP("127.0.0.1", 2587, timeout=10) as s:
+            s.starttls(context=ctx)
+            s.mail("me@example.org")
+            assert s.rcpt("someone@example.com")[0] == 554
+        added = peers.run_postwall(
+            "saslpasswd", "-c", str(directory), "add", "me", stdin="pass word\n"
+        )
+        assert added.returncode == 0, added.stderr
+        with smtplib.SMTP("127.0.0.1", 2587, timeout=10) as s:
+            s.starttls(context=ctx)
+            s.login("me", "pass word")
+            s.sendmail("me@example.org", ["root@localhost"], b"Subject: sub\r\n\r\nhi\r\n")
+        peers.wait_maildir(directory / "data" / "mail" / "root", 2)
         log = directory / "data" / "maillog"
         peers.wait_for(
             lambda: "Trusted TLS connection established" in log.read_text(), 10, "the TLS line"

@@ -9,6 +9,7 @@ import pytest
 from postwall.smtp import replies
 from postwall.smtp.events import (
     Auth,
+    AuthAborted,
     AuthResponse,
     DataStart,
     Etrn,
@@ -494,6 +495,54 @@ def test_auth_abort() -> None:
     assert s.send(b"AUTH PLAIN\r\n*\r\nNOOP\r\n") == (
         b"334 \r\n501 5.7.0 Authentication aborted\r\n250 2.0.0 Ok\r\n"
     )
+    assert AuthAborted() in s.notices
+
+
+def _challenge_all(conn: ServerConnection, ev: Event) -> None:
+    conn.challenge("") if isinstance(ev, Auth | AuthResponse) else accept_all(conn, ev)
+
+
+def test_auth_response_longer_than_the_sasl_limit() -> None:
+    # Reference (Postfix 3.7.11 with Dovecot): a 12280-byte response (under
+    # smtpd_sasl_response_limit, 12288) reaches the plug-in even though it is longer
+    # than line_length_limit; a longer one gets "500 5.5.6 SASL response limit
+    # exceeded" and its tail is thrown away.
+    s = Session(ServerSettings(sasl_mechanisms=("PLAIN",)), policy=_challenge_all)
+    s.send(b"AUTH PLAIN\r\n")
+    assert s.send(b"A" * 12280 + b"\r\n") == b"334 \r\n"
+    assert AuthResponse("A" * 12280) in s.events
+    out = s.send(b"*\r\nAUTH PLAIN\r\n" + b"B" * 12300 + b"\r\nNOOP\r\n")
+    assert out == (
+        b"501 5.7.0 Authentication aborted\r\n334 \r\n"
+        b"500 5.5.6 SASL response limit exceeded\r\n250 2.0.0 Ok\r\n"
+    )
+    assert LineTooLong(12288, b"B" * 30) in s.notices
+    assert "auth=0/2" in s.conn.disconnect_summary()
+
+
+def test_broken_sasl_auth_clients_and_per_session_mechanisms() -> None:
+    s = Session(ServerSettings(myhostname="vm", broken_sasl_auth_clients=True))
+    assert b"AUTH" not in s.send(b"EHLO x\r\n")
+    s.conn.sasl_mechanisms = ("PLAIN", "SCRAM-SHA-256")
+    assert lines(s.send(b"EHLO x\r\n"))[5:7] == [
+        b"250-AUTH PLAIN SCRAM-SHA-256",
+        b"250-AUTH=PLAIN SCRAM-SHA-256",
+    ]
+
+
+def test_auth_needs_helo_when_required() -> None:
+    s = Session(ServerSettings(sasl_mechanisms=("PLAIN",), smtpd_helo_required=True))
+    assert s.send(b"AUTH PLAIN\r\n") == b"503 5.5.1 Error: send HELO/EHLO first\r\n"
+
+
+def test_auth_in_transaction_and_equals_initial_response() -> None:
+    s = Session(ServerSettings(sasl_mechanisms=("PLAIN",)), policy=_challenge_all)
+    s.ehlo()
+    s.send(b"MAIL FROM:<a@b>\r\n")
+    assert s.send(b"AUTH PLAIN\r\n") == b"503 5.5.1 Error: MAIL transaction in progress\r\n"
+    s.send(b"RSET\r\n")
+    s.send(b"AUTH PLAIN =\r\n")
+    assert s.events[-1] == Auth("PLAIN", "")
 
 
 # -- error limits, long lines, non-SMTP, pipelining ----------------------------------

@@ -380,6 +380,7 @@ class Params:
     smtpd_sasl_exceptions_networks: tuple[str, ...] = _l("", "Clients not offered AUTH.")
     smtpd_sasl_service: str = _s("smtp", "SASL service name.")
     smtpd_sasl_response_limit: int = _i("12288", "Maximal SASL response length.", lo=1)
+    broken_sasl_auth_clients: bool = _b("no", "Also announce AUTH=mechs (Outlook Express 4).")
 
     # --- smtpd: client rate limits (anvil)
     smtpd_client_connection_count_limit: int = _i("50", "Simultaneous connections per client.")

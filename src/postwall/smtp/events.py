@@ -155,6 +155,11 @@ class IllegalAddress(Notice):
     argument: str
 
 
+@dataclass(frozen=True, slots=True)
+class AuthAborted(Notice):
+    """The client answered a 334 with `*` (Postfix: `SASL X authentication aborted`)."""
+
+
 Event = (
     Helo
     | MailFrom
@@ -170,6 +175,7 @@ Event = (
     | LineTooLong
     | NonSmtpCommand
     | IllegalAddress
+    | AuthAborted
 )
 
 

@@ -204,6 +204,16 @@ ALREADY_AUTHENTICATED = Reply(503, "5.5.1", "Error: already authenticated")
 AUTH_SYNTAX = Reply(501, "5.5.4", "Syntax: AUTH mechanism")
 AUTH_ABORTED = Reply(501, "5.7.0", "Authentication aborted")
 AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
+SASL_RESPONSE_TOO_LONG = Reply(500, "5.5.6", "SASL response limit exceeded")
+
+
+def auth_failed(reason: str) -> Reply:
+    # Postfix writes the plug-in's reason as is (it is printable ASCII already).
+    return Reply(535, "5.7.8", f"Error: authentication failed: {printable(reason)}")
+
+
+def auth_temporary(reason: str) -> Reply:
+    return Reply(454, "4.7.0", f"Temporary authentication failure: {printable(reason)}")
 
 
 def auth_challenge(b64: str) -> Reply:

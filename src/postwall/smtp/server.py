@@ -43,6 +43,7 @@ from postwall.smtp.address import (
 from postwall.smtp.dataframe import BdatReader, DataReader
 from postwall.smtp.events import (
     Auth,
+    AuthAborted,
     AuthResponse,
     Counts,
     DataStart,
@@ -104,8 +105,11 @@ class ServerSettings:
     smtpd_forbidden_commands: tuple[str, ...] = ("CONNECT", "GET", "POST")
     starttls_offered: bool = False  # from tls.policy: level may/encrypt and not wrappermode
     tls_required: bool = False  # smtpd_tls_security_level=encrypt
-    sasl_mechanisms: tuple[str, ...] = ()  # empty: smtpd_sasl_auth_enable=no
+    sasl_mechanisms: tuple[str, ...] = ()  # the default of conn.sasl_mechanisms
+    smtpd_sasl_auth_enable: bool = False
     smtpd_tls_auth_only: bool = False
+    broken_sasl_auth_clients: bool = False
+    smtpd_sasl_response_limit: int = 12288
 
     @classmethod
     def from_params(cls, params: object, **overrides: object) -> ServerSettings:
@@ -152,6 +156,9 @@ class ServerConnection:
         self.esmtp = False
         self.tls_active = False
         self.authenticated = False
+        # Announced by EHLO and accepted by AUTH; the glue sets it per session (the
+        # list depends on TLS and, with Dovecot, on what the auth server offers).
+        self.sasl_mechanisms = self.settings.sasl_mechanisms
         self.client_quit = False
         self.close_reason: str | None = None
         # Postfix's "after CMD" word for `lost connection after ...` and `timeout after ...`.
@@ -445,6 +452,8 @@ class ServerConnection:
     def _read_line(self) -> bytes | None:
         """One command line without its ending, or None if incomplete."""
         limit = self.settings.line_length_limit
+        if self._mode == _AUTH:
+            limit = self.settings.smtpd_sasl_response_limit
         while True:
             nl = self._buf.find(b"\n")
             if self._discarding_long_line:
@@ -463,6 +472,10 @@ class ServerConnection:
                 del self._buf[:limit]
                 self._discarding_long_line = True
                 self._info.append(LineTooLong(limit, line[:30]))
+                if self._mode == _AUTH:
+                    self._mode = _CMD
+                    self._fail("auth", replies.SASL_RESPONSE_TOO_LONG)
+                    return None
                 return line.rstrip(b"\r")
             line = bytes(self._buf[:nl])
             del self._buf[: nl + 1]
@@ -556,7 +569,9 @@ class ServerConnection:
         if s.starttls_offered and not self.tls_active:
             words.append("STARTTLS")
         if self._auth_offered():
-            words.append("AUTH " + " ".join(s.sasl_mechanisms))
+            words.append("AUTH " + " ".join(self.sasl_mechanisms))
+            if s.broken_sasl_auth_clients:
+                words.append("AUTH=" + " ".join(self.sasl_mechanisms))
         words += ["ENHANCEDSTATUSCODES", "8BITMIME", "DSN"]
         if s.smtputf8_enable:
             words.append("SMTPUTF8")
@@ -571,7 +586,7 @@ class ServerConnection:
 
     def _auth_offered(self) -> bool:
         s = self.settings
-        return bool(s.sasl_mechanisms) and (self.tls_active or not s.smtpd_tls_auth_only)
+        return bool(self.sasl_mechanisms) and (self.tls_active or not s.smtpd_tls_auth_only)
 
     def _need_helo(self, name: str) -> bool:
         if self.settings.smtpd_helo_required and self.helo_name is None:
@@ -593,7 +608,7 @@ class ServerConnection:
                 arg,
                 size_limit=self.settings.message_size_limit,
                 smtputf8_enable=self.settings.smtputf8_enable,
-                sasl_enabled=bool(self.settings.sasl_mechanisms),
+                sasl_enabled=self.settings.smtpd_sasl_auth_enable or bool(self.sasl_mechanisms),
             )
         except ArgumentError as err:
             if err.reply is replies.BAD_SENDER:
@@ -741,7 +756,9 @@ class ServerConnection:
 
     def _cmd_auth(self, name: str, arg: str) -> Event | None:
         words = arg.split()
-        if not self._auth_offered():
+        if self.settings.smtpd_helo_required and self.helo_name is None:
+            self._fail(name, replies.SEND_HELO_FIRST)
+        elif not self._auth_offered():
             self._fail(name, replies.AUTH_NOT_ENABLED)
         elif self.authenticated:
             self._fail(name, replies.ALREADY_AUTHENTICATED)
@@ -758,6 +775,7 @@ class ServerConnection:
         text = line.decode("ascii", "replace").strip()
         if text == "*":
             self._mode = _CMD
+            self._info.append(AuthAborted())
             self._fail("auth", replies.AUTH_ABORTED)  # RFC 4954 4
             return None
         return AuthResponse(text)

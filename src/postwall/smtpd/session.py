@@ -20,6 +20,7 @@ import contextlib
 import socket
 import time
 import traceback
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,8 @@ from postwall.config.params import Params
 from postwall.log import MailLog
 from postwall.queue.records import Recipient
 from postwall.resolve import AddressResolver
+from postwall.sasl.dovecot import DovecotError
+from postwall.sasl.server import Conversation, Done, More, Outcome, Refused, SaslServer
 from postwall.smtp import events as ev
 from postwall.smtp import replies
 from postwall.smtp.replies import Reply
@@ -67,6 +70,7 @@ class SmtpdService:
     tls: ServerTLS | None
     settings: ServerSettings
     sessions: set[SmtpSession]
+    sasl: SaslServer | None = None
 
 
 class SmtpSession(asyncio.Protocol):
@@ -79,7 +83,13 @@ class SmtpSession(asyncio.Protocol):
         self.conn = ServerConnection(service.settings)
         self.client = ClientState(name="unknown", addr="")
         self.client_port = 0
+        self.local_addr = ""
         self.peer = "unknown"
+        self.sasl_method: str | None = None  # the mechanism that authenticated the client
+        self.sasl_mechanism = ""  # the one being tried
+        self.sasl_conv: Conversation | None = None
+        self.sasl_sender: str | None = None
+        self.sasl_last_user: str | None = None  # see Refused.from_backend
         self.tls: TLSSession | None = None
         self.tls_info: TLSInfo | None = None
         self.queue_id: str | None = None
@@ -104,6 +114,9 @@ class SmtpSession(asyncio.Protocol):
             # shows after a TLS session ticket).
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sockname = transport.get_extra_info("sockname")
+        if isinstance(sockname, tuple) and sockname:
+            self.local_addr = _plain_addr(str(sockname[0]))
         peername = transport.get_extra_info("peername") or ("", 0)
         self.client.addr = _plain_addr(str(peername[0]))
         self.client_port = int(peername[1]) if len(peername) > 1 else 0
@@ -117,6 +130,8 @@ class SmtpSession(asyncio.Protocol):
                 self.client.name = await _reverse_lookup(self.loop, self.client.addr)
             self.peer = f"{self.client.name}[{self.client.addr}]"
             self.log.info("smtpd", logfmt.connect(self.client.name, self.client.addr))
+            if self.svc.sasl is not None:
+                await self._sasl_activate()
             if self.closed:
                 return
             if self.svc.tls is not None and self.svc.tls.wrappermode:
@@ -279,6 +294,8 @@ class SmtpSession(asyncio.Protocol):
 
     def on_mail(self, event: ev.MailFrom) -> None:
         self.client.sender = event.address
+        auth = event.params.auth
+        self.sasl_sender = auth if auth and auth != "<>" and self.svc.sasl else None
         reply = self.svc.restrictions.check_mail(self.client)
         if reply is not None:
             self._reject("MAIL", reply)
@@ -302,7 +319,9 @@ class SmtpSession(asyncio.Protocol):
                     self.queue_id,
                     self.client.name,
                     self.client.addr,
+                    sasl_method=self.sasl_method,
                     sasl_username=self.client.sasl_username,
+                    sasl_sender=self.sasl_sender,
                 ),
             )
         self.conn.accept()
@@ -347,7 +366,9 @@ class SmtpSession(asyncio.Protocol):
             envid=env.envid,
             body_type=env.body_type,
             smtputf8=env.smtputf8,
+            sasl_method=self.sasl_method,
             sasl_username=self.client.sasl_username,
+            sasl_header=self.params.smtpd_sasl_authenticated_header,
             tls_clauses=self._received_tls_clauses(),
             # local_header_rewrite_clients = permit_inet_interfaces: our own addresses.
             rewrite_headers=_is_loopback(self.client.addr),
@@ -402,6 +423,85 @@ class SmtpSession(asyncio.Protocol):
     def on_etrn(self, event: ev.Etrn) -> None:
         self.conn.accept()
 
+    # -- AUTH (RFC 4954) ----------------------------------------------------
+
+    async def _sasl_activate(self) -> None:
+        """Learn the mechanisms to announce (from Dovecot on first use)."""
+        sasl = self.svc.sasl
+        assert sasl is not None
+        tls = self.tls_info is not None
+        try:
+            self.conn.sasl_mechanisms = await sasl.mechanisms(tls)
+        except DovecotError as exc:
+            # Postfix's smtpd dies here ("no SASL authentication mechanisms"); postwall
+            # goes on without AUTH, so permit_sasl_authenticated simply never matches.
+            self.log.warning("smtpd", str(exc))
+            self.conn.sasl_mechanisms = ()
+
+    def on_auth(self, event: ev.Auth) -> None:
+        sasl = self.svc.sasl
+        if sasl is None:  # the core offers AUTH only with mechanisms, which need this
+            self.conn.reject(replies.AUTH_NOT_ENABLED)
+            return
+        self.sasl_mechanism = event.mechanism
+        self.sasl_conv = sasl.conversation(
+            event.mechanism,
+            tls=self.tls_info is not None,
+            offered=self.conn.sasl_mechanisms,
+            client=self.client.addr,
+            server=self.local_addr,
+        )
+        self._sasl_answer(self.sasl_conv.first(event.initial_response))
+
+    def on_auth_response(self, event: ev.AuthResponse) -> None:
+        assert self.sasl_conv is not None
+        self._sasl_answer(self.sasl_conv.next(event.line))
+
+    def _sasl_answer(self, step: Coroutine[object, object, Outcome]) -> None:
+        self.busy = True
+        self.loop.create_task(self._sasl_step(step))
+
+    async def _sasl_step(self, step: Coroutine[object, object, Outcome]) -> None:
+        try:
+            outcome = await step
+            if self.closed:
+                return
+            sasl = self.svc.sasl
+            assert sasl is not None
+            mechanism = self.sasl_mechanism
+            match outcome:
+                case More(challenge=challenge):
+                    self.conn.challenge(challenge)
+                case Done(username=username):
+                    sasl.succeeded(self.client.addr)
+                    self.sasl_conv = None
+                    self.client.sasl_username = replies.printable(username)
+                    self.sasl_method = replies.printable(mechanism)
+                    self.conn.accept()
+                case Refused(reason=reason, username=username, temporary=temporary):
+                    self.sasl_conv = None
+                    if sasl.dovecot is not None:
+                        if outcome.from_backend:
+                            self.sasl_last_user = username
+                        username = self.sasl_last_user
+                    self.log.warning(
+                        "smtpd",
+                        logfmt.sasl_failed(
+                            self.client.name, self.client.addr, mechanism, reason, username
+                        ),
+                    )
+                    if not temporary:
+                        await asyncio.sleep(sasl.failure_delay(self.client.addr))
+                        if self.closed:
+                            return
+                    reason = reason or "(reason unavailable)"
+                    self.conn.reject(
+                        replies.auth_temporary(reason) if temporary else replies.auth_failed(reason)
+                    )
+            self._resume()
+        except Exception as exc:
+            self._crash(exc)
+
     def on_notice(self, event: object) -> None:
         name, addr = self.client.name, self.client.addr
         match event:
@@ -413,6 +513,9 @@ class SmtpSession(asyncio.Protocol):
                 self.log.warning(
                     "smtpd", f"{self.peer}: request longer than {limit}: {logfmt.escape(head[:30])}"
                 )
+            case ev.AuthAborted():
+                self.sasl_conv = None
+                self.log.warning("smtpd", logfmt.sasl_aborted(name, addr, self.sasl_mechanism))
             case ev.IllegalAddress(command=command, argument=argument):
                 self.log.warning(
                     "smtpd",
@@ -460,8 +563,27 @@ class SmtpSession(asyncio.Protocol):
             self._close()
             return
         self.conn.tls_established()
+        # RFC 3207 4.2: nothing learnt before the handshake counts, a login included.
+        self.client.sasl_username = self.sasl_method = None
+        if self.svc.sasl is not None:
+            self.busy = True
+            self.loop.create_task(self._sasl_after_tls())
+            return
         if not self.started:
             self._greet()
+
+    async def _sasl_after_tls(self) -> None:
+        try:
+            await self._sasl_activate()
+            if self.closed:
+                return
+            self.busy = False
+            if not self.started:
+                self._greet()
+            else:
+                self._resume()
+        except Exception as exc:
+            self._crash(exc)
 
     def _tls_failed(self, reason: str, logged: bool = False) -> None:
         detail = reason if not logged else reason.rpartition(": ")[2] or reason
@@ -583,6 +705,9 @@ _HANDLERS = {
     ev.StartTLS: SmtpSession.on_starttls,
     ev.Vrfy: SmtpSession.on_vrfy,
     ev.Etrn: SmtpSession.on_etrn,
+    ev.Auth: SmtpSession.on_auth,
+    ev.AuthResponse: SmtpSession.on_auth_response,
+    ev.AuthAborted: SmtpSession.on_notice,
     ev.ImproperPipelining: SmtpSession.on_notice,
     ev.NonSmtpCommand: SmtpSession.on_notice,
     ev.LineTooLong: SmtpSession.on_notice,
