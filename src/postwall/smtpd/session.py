@@ -138,7 +138,7 @@ class SmtpSession(asyncio.Protocol):
         reply = decision.reply
         if reply is not None:
             self._log_reject("CONNECT", reply)
-        self.conn.greeting(reply)
+        self.conn.greeting(reply, denied=f"{self.client.name}[{self.client.addr}]")
         # Fed before the banner is taken, so the core reports what the client sent
         # before it as "improper command pipelining after CONNECT", as Postfix does.
         early, self.early = self.early, []
