@@ -54,9 +54,7 @@ def transcript(request: pytest.FixtureRequest) -> Path:
 
 
 @pytest.fixture(scope="module")
-def postfix_server(
-    transcript: Path, certs: peers.TestCerts
-) -> Iterator[tuple[str, int]]:
+def postfix_server(transcript: Path, certs: peers.TestCerts) -> Iterator[tuple[str, int]]:
     peers.require_root()
     peers.require_tool("postmulti")
     inst = peers.PostfixInstance.reference(certs.server_cert, certs.server_key, certs.ca_cert)
