@@ -91,6 +91,10 @@ def build_smtpd_services(config: Config, log: MailLog, cleanup: Cleanup) -> dict
             restrictions = Restrictions(params, resolver, networks)
             sasl = SaslServer(params) if params.smtpd_sasl_auth_enable else None
         except (TLSConfigError, NotSupported, ValueError, OSError) as exc:
+            # A restriction problem names its parameter; point at the main.cf line.
+            setting = config.settings.get(str(exc).partition(":")[0])
+            if setting is not None and all(o.name != setting.name for o in svc.overrides):
+                where = f"{setting.file}:{setting.line}"
             problems.append(f"{where}: service {svc.name}: {exc}")
             continue
         services[svc.name] = SmtpdService(

@@ -7,7 +7,11 @@ so the rules live here once.
 
 Guarantees: pure decisions over the configuration and its lookup tables, no I/O
 beyond table lookups; an address without a domain is qualified with $myorigin
-(append_at_myorigin = yes, as Postfix), so `RCPT TO:<root>` is local.
+(append_at_myorigin = yes, as Postfix), so `RCPT TO:<root>` is local.  Routing in
+the local part of a local address is followed as trivial-rewrite does
+(resolve_dequoted_address, allow_percent_hack, swap_bangpath): `"u@x"@here`,
+`u%x@here` and `x!u@here` go to x, and are marked `routed`, so relay control
+refuses them from untrusted clients (allow_untrusted_routing = no).
 """
 
 from __future__ import annotations
@@ -37,6 +41,34 @@ class Destination:
     address: str  # the recipient, qualified
 
 
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """The outcome of resolving one address: its class, the address after local-part
+    routing was followed, and whether such routing led off this system."""
+
+    cls: AddressClass
+    address: str
+    routed: bool
+
+
+def internal_form(address: str) -> str:
+    """RFC 5321 external form to Postfix's internal form: quotes and backslash escapes
+    of the local part removed (`"a b"@x` -> `a b@x`)."""
+    if '"' not in address and "\\" not in address:
+        return address
+    out: list[str] = []
+    escaped = False
+    for ch in address:
+        if escaped:
+            out.append(ch)
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch != '"':
+            out.append(ch)
+    return "".join(out)
+
+
 def split_address(address: str) -> tuple[str, str]:
     """Split at the last @; an address without a domain has an empty domain."""
     local, sep, domain = address.rpartition("@")
@@ -61,6 +93,8 @@ class AddressResolver:
         default_transport: str = "smtp",
         relayhost: str = "",
         transport_maps: Sequence[Table] = (),
+        allow_percent_hack: bool = True,
+        swap_bangpath: bool = True,
     ) -> None:
         self.myhostname = myhostname.lower()
         self.myorigin = myorigin.lower() or self.myhostname
@@ -74,6 +108,8 @@ class AddressResolver:
         self._default_transport = default_transport
         self._relayhost = relayhost
         self._transport_maps = list(transport_maps)
+        self._percent_hack = allow_percent_hack
+        self._bangpath = swap_bangpath
 
     @classmethod
     def from_params(cls, params: Params) -> AddressResolver:
@@ -94,6 +130,8 @@ class AddressResolver:
             default_transport=params.default_transport,
             relayhost=params.relayhost,
             transport_maps=[open_table(ref, base) for ref in params.transport_maps],
+            allow_percent_hack=params.allow_percent_hack,
+            swap_bangpath=params.swap_bangpath,
         )
 
     def qualify(self, address: str) -> str:
@@ -101,14 +139,36 @@ class AddressResolver:
             return address
         return f"{address}@{self.myorigin}"
 
-    def classify(self, address: str) -> AddressClass:
-        _, domain = split_address(self.qualify(address))
+    def resolve(self, address: str) -> Resolved:
+        """Class and final address of `address` (external or internal form)."""
+        addr = self.qualify(internal_form(address))
+        stripped = False
+        for _ in range(20):  # each round removes a local domain, so this always ends
+            local, domain = split_address(addr)
+            domain = domain.lower()
+            if domain.endswith(".") and not domain.endswith(".."):
+                domain = domain[:-1]
+            if not self._is_local_domain(domain):
+                break
+            if "@" in local:  # resolve_dequoted_address: "u@x"@here is u@x
+                addr = local
+            elif self._percent_hack and "%" in local:
+                user, _, host = local.rpartition("%")
+                addr = f"{user}@{host}"
+            elif self._bangpath and "!" in local.strip("!"):
+                host, _, user = local.partition("!")
+                addr = f"{user}@{host}"
+            else:
+                return Resolved(AddressClass.LOCAL, f"{local}@{domain}", False)
+            stripped = True
+        _, domain = split_address(addr)
         domain = domain.lower().rstrip(".")
-        if self._is_local_domain(domain):
-            return AddressClass.LOCAL
         if domain in self._relay_domains or _parent_match(domain, self._relay_domains):
-            return AddressClass.RELAY
-        return AddressClass.REMOTE
+            return Resolved(AddressClass.RELAY, addr, stripped)
+        return Resolved(AddressClass.REMOTE, addr, stripped)
+
+    def classify(self, address: str) -> AddressClass:
+        return self.resolve(address).cls
 
     def _is_local_domain(self, domain: str) -> bool:
         if domain in self._local_domains:
@@ -138,7 +198,8 @@ class AddressResolver:
         """local_recipient_maps semantics: an empty setting accepts every local part."""
         if not self._local_maps_configured:
             return True
-        local, _ = split_address(self.qualify(address))
+        address = self.resolve(address).address
+        local, _ = split_address(address)
         user = self.local_user(address)
         # RFC 5321 4.5.1: postmaster must always be accepted.
         if user.lower() == "postmaster":
@@ -148,12 +209,13 @@ class AddressResolver:
 
     def destination(self, address: str) -> Destination:
         qualified = self.qualify(address)
-        if self.classify(qualified) is AddressClass.LOCAL:
+        resolved = self.resolve(qualified)
+        if resolved.cls is AddressClass.LOCAL:
             default = Destination(self._local_transport, self.myhostname, qualified)
         else:
             transport, _, nexthop = self._default_transport.partition(":")
             if not nexthop:
-                nexthop = self._relayhost or split_address(qualified)[1]
+                nexthop = self._relayhost or split_address(resolved.address)[1]
             default = Destination(transport or "smtp", nexthop, qualified)
         override = self._transport_entry(qualified)
         if override is None:

@@ -3,6 +3,8 @@
 Format, one directive per line (blank lines and `#` comments ignored):
 
     @set name=value     ServerSettings field for the core driver (int/bool/str)
+    @main name = value  main.cf line for both live servers (restrictions/*.txt only)
+    @map file: line     a line of lookup table `file` ({maps}/file in @main values)
     C: text             client line; CRLF is appended
     C> text             raw client bytes, Python escapes allowed (\\r \\n \\x00), no CRLF added
     S: text             the next server reply line, exactly
@@ -46,7 +48,7 @@ def parse(path: Path) -> tuple[dict[str, object], list[Step]]:
     types = {f.name: f.type for f in fields(ServerSettings)}
     for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         line = raw.rstrip("\n")
-        if not line.strip() or line.startswith("#"):
+        if not line.strip() or line.startswith(("#", "@main ", "@map ")):
             continue
         if line.startswith("@set "):
             name, _, value = line[5:].partition("=")

@@ -326,6 +326,49 @@ class Params:
     unknown_relay_recipient_reject_code: int = _i("550", "Code for unknown relay recipients.")
     relay_recipient_maps: tuple[str, ...] = _l("", "Valid recipients in relay_domains.")
     relay_domains_reject_code: int = _i("554", "Code for relay access denied.", lo=400, hi=599)
+    access_map_reject_code: int = _i("554", "Code for REJECT in access(5) tables.")
+    access_map_defer_code: int = _i("450", "Code for DEFER in access(5) tables.")
+    reject_code: int = _i("554", "Code for the reject restriction.")
+    defer_code: int = _i("450", "Code for the defer restriction.")
+    unknown_address_reject_code: int = _i("450", "Code for unknown sender/recipient domains.")
+    unknown_hostname_reject_code: int = _i("450", "Code for reject_unknown_helo_hostname.")
+    invalid_hostname_reject_code: int = _i("501", "Code for reject_invalid_helo_hostname.")
+    non_fqdn_reject_code: int = _i("504", "Code for the reject_non_fqdn_* restrictions.")
+    plaintext_reject_code: int = _i("450", "Code for reject_plaintext_session.")
+    multi_recipient_bounce_reject_code: int = _i("550", "Code for reject_multi_recipient_bounce.")
+    reject_tempfail_action: str = _s(
+        "defer_if_permit",
+        "Action when a reject-type restriction fails temporarily.",
+        choices=("defer", "defer_if_permit"),
+    )
+    unknown_address_tempfail_action: str = _s(
+        "$reject_tempfail_action",
+        "Action when reject_unknown_*_domain fails temporarily.",
+        "defer_if_permit",
+        choices=("defer", "defer_if_permit"),
+    )
+    unknown_helo_hostname_tempfail_action: str = _s(
+        "$reject_tempfail_action",
+        "Action when reject_unknown_helo_hostname fails temporarily.",
+        "defer_if_permit",
+        choices=("defer", "defer_if_permit"),
+    )
+    smtpd_sender_login_maps: tuple[str, ...] = _l("", "Tables: sender address to owning logins.")
+    smtpd_null_access_lookup_key: str = _s("<>", "Access table key for the null sender.")
+    parent_domain_matches_subdomains: tuple[str, ...] = _l(
+        "debug_peer_list,fast_flush_domains,mynetworks,permit_mx_backup_networks,"
+        "qmqpd_authorized_clients,relay_domains,smtpd_access_maps",
+        "Features where a parent domain also matches its subdomains.",
+    )
+    allow_untrusted_routing: bool = _b("no", "Relay source-routed mail from untrusted clients.")
+    allow_percent_hack: bool = _b("yes", "Rewrite user%domain@here to user@domain.")
+    swap_bangpath: bool = _b("yes", "Rewrite site!user@here to user@site.")
+    show_user_unknown_table_name: bool = _b("yes", "Name the table in user unknown replies.")
+    smtpd_relay_before_recipient_restrictions: bool = _b(
+        "${{$compatibility_level} <level {3.6} ? {no} : {yes}}",
+        "Evaluate smtpd_relay_restrictions before smtpd_recipient_restrictions.",
+        True,
+    )
     smtpd_timeout: float = _t(
         "${stress?{10}:{300}}s", "Time limit for client requests and replies.", 300.0, lo=1
     )

@@ -170,6 +170,7 @@ class ServerConnection:
         self._greeted = False
         self._greeting_pending = False
         self._ill_pipelining_seen = False
+        self._access_denied: str | None = None
         self._info: deque[Event] = deque()
         self._pending: Event | None = None
         self._ready: Event | None = None
@@ -187,15 +188,20 @@ class ServerConnection:
 
     # -- the public API --------------------------------------------------------
 
-    def greeting(self, reply: Reply | None = None) -> None:
-        """Queue the 220 banner, or a refusal (4xx/5xx) that ends the session."""
+    def greeting(self, reply: Reply | None = None, *, denied: str | None = None) -> None:
+        """Queue the 220 banner, or a refusal (4xx/5xx) that ends the session.  With
+        `denied` (the client's name[addr]) a refusal keeps the session open and every
+        command but QUIT gets Postfix's `503 5.7.0 Error: access denied for ...`."""
         if self._greeted:
             raise ProtocolMisuse("greeting() called twice")
         self._greeted = True
         self._greeting_pending = True
         reply = reply or replies.greeting(self.settings.smtpd_banner)
         self._send(reply)
-        if reply.code != 220:
+        if reply.code != 220 and denied is not None:
+            self._access_denied = denied
+            self.error_count += 1
+        elif reply.code != 220:
             self._close("refused")
 
     def receive_data(self, data: bytes) -> None:
@@ -524,6 +530,9 @@ class ServerConnection:
                 self.error_count += 1
         self._check_pipelining(verb)
         if self._closed:
+            return None
+        if self._access_denied is not None and verb != "QUIT":
+            self._fail(name, Reply(503, "5.7.0", f"Error: access denied for {self._access_denied}"))
             return None
         if s.tls_required and not self.tls_active and verb not in _PRE_TLS:
             if verb == "BDAT":

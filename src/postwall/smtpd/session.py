@@ -20,9 +20,10 @@ import contextlib
 import socket
 import time
 import traceback
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from postwall import logfmt
 from postwall.cleanup import Cleanup, Submission
@@ -30,14 +31,14 @@ from postwall.config.network import Networks
 from postwall.config.params import Params
 from postwall.log import MailLog
 from postwall.queue.records import Recipient
-from postwall.resolve import AddressResolver
+from postwall.resolve import AddressResolver, internal_form
 from postwall.sasl.dovecot import DovecotError
 from postwall.sasl.server import Conversation, Done, More, Outcome, Refused, SaslServer
 from postwall.smtp import events as ev
 from postwall.smtp import replies
 from postwall.smtp.replies import Reply
 from postwall.smtp.server import CLOSED, NEED_DATA, ServerConnection, ServerSettings
-from postwall.smtpd.restrictions import ClientState, Restrictions
+from postwall.smtpd.restrictions import ClientState, Decision, Restrictions, run_now
 from postwall.tls import describe
 from postwall.tls.engine import TLSError, TLSInfo, TLSSession
 from postwall.tls.policy import ServerTLS
@@ -102,6 +103,8 @@ class SmtpSession(asyncio.Protocol):
         self.early_eof = False
         self.last_activity = time.monotonic()
         self.timer: asyncio.TimerHandle | None = None
+        self.connect_decision: Decision | None = None
+        self.last_recipient: str | None = None  # for smtpd_data_restrictions' replies
 
     # -- asyncio callbacks ---------------------------------------------------
 
@@ -132,6 +135,7 @@ class SmtpSession(asyncio.Protocol):
             self.log.info("smtpd", logfmt.connect(self.client.name, self.client.addr))
             if self.svc.sasl is not None:
                 await self._sasl_activate()
+            self.connect_decision = await self.svc.restrictions.connect(self.client)
             if self.closed:
                 return
             if self.svc.tls is not None and self.svc.tls.wrappermode:
@@ -143,10 +147,12 @@ class SmtpSession(asyncio.Protocol):
 
     def _greet(self) -> None:
         self.started = True
-        reply = self.svc.restrictions.check_connect(self.client)
+        decision = self.connect_decision or Decision()
+        self._log_notices("CONNECT", decision)
+        reply = decision.reply
         if reply is not None:
             self._log_reject("CONNECT", reply)
-        self.conn.greeting(reply)
+        self.conn.greeting(reply, denied=f"{self.client.name}[{self.client.addr}]")
         # Fed before the banner is taken, so the core reports what the client sent
         # before it as "improper command pipelining after CONNECT", as Postfix does.
         early, self.early = self.early, []
@@ -284,54 +290,103 @@ class SmtpSession(asyncio.Protocol):
 
     # -- command handlers ----------------------------------------------------
 
+    def _decide(
+        self,
+        check: Coroutine[Any, Any, Decision],
+        then: Callable[[Decision], None],
+    ) -> None:
+        """Run a restriction stage; with DNS restrictions configured it may wait, so the
+        core holds further input until the answer is sent (as during a commit)."""
+        if not self.svc.restrictions.uses_dns:
+            then(run_now(check))
+            return
+        self.busy = True
+        self.loop.create_task(self._decide_later(check, then))
+
+    async def _decide_later(
+        self, check: Coroutine[Any, Any, Decision], then: Callable[[Decision], None]
+    ) -> None:
+        try:
+            decision = await check
+            if self.closed:
+                return
+            then(decision)
+            self._resume()
+        except Exception as exc:
+            self._crash(exc)
+
     def on_helo(self, event: ev.Helo) -> None:
-        self.client.helo = event.name
-        reply = self.svc.restrictions.check_helo(self.client)
-        if reply is not None:
-            self._reject("EHLO" if event.esmtp else "HELO", reply)
-        else:
-            self.conn.accept()
+        previous, self.client.helo = self.client.helo, event.name
+        stage = "EHLO" if event.esmtp else "HELO"
+
+        def then(decision: Decision) -> None:
+            self._log_notices(stage, decision)
+            if decision.reply is not None:
+                self._reject(stage, decision.reply)
+                self.client.helo = previous
+            else:
+                self.client.sender = None
+                self.conn.accept()
+
+        self._decide(self.svc.restrictions.helo(self.client), then)
 
     def on_mail(self, event: ev.MailFrom) -> None:
-        self.client.sender = event.address
+        self.client.sender = internal_form(event.address)
         auth = event.params.auth
         self.sasl_sender = auth if auth and auth != "<>" and self.svc.sasl else None
-        reply = self.svc.restrictions.check_mail(self.client)
-        if reply is not None:
-            self._reject("MAIL", reply)
-            self.client.sender = None
-            return
-        self._release_queue_id()
-        self.conn.accept()
+
+        def then(decision: Decision) -> None:
+            self._log_notices("MAIL", decision)
+            if decision.reply is not None:
+                self._reject("MAIL", decision.reply)
+                self.client.sender = None
+                return
+            self._release_queue_id()
+            self.client.rcpt_count = 0
+            self.conn.accept()
+
+        self._decide(self.svc.restrictions.mail(self.client), then)
 
     def on_rcpt(self, event: ev.RcptTo) -> None:
-        recipient = self.svc.resolver.qualify(event.address)
-        reply = self.svc.restrictions.check_rcpt(self.client, recipient)
-        if reply is not None:
-            self._reject("RCPT", reply, recipient=event.address)
-            return
-        if self.queue_id is None:
-            # Postfix creates the queue file at the first accepted recipient.
-            self.queue_id = self.svc.cleanup.new_queue_id()
-            self.log.info(
-                "smtpd",
-                logfmt.client(
-                    self.queue_id,
-                    self.client.name,
-                    self.client.addr,
-                    sasl_method=self.sasl_method,
-                    sasl_username=self.client.sasl_username,
-                    sasl_sender=self.sasl_sender,
-                ),
-            )
-        self.conn.accept()
+        shown = internal_form(event.address)
+
+        def then(decision: Decision) -> None:
+            self._log_notices("RCPT", decision, recipient=shown)
+            if decision.reply is not None:
+                self._reject("RCPT", decision.reply, recipient=shown)
+                return
+            if self.queue_id is None:
+                # Postfix creates the queue file at the first accepted recipient.
+                self.queue_id = self.svc.cleanup.new_queue_id()
+                self.log.info(
+                    "smtpd",
+                    logfmt.client(
+                        self.queue_id,
+                        self.client.name,
+                        self.client.addr,
+                        sasl_method=self.sasl_method,
+                        sasl_username=self.client.sasl_username,
+                        sasl_sender=self.sasl_sender,
+                    ),
+                )
+            self.client.rcpt_count += 1
+            self.last_recipient = shown
+            self.conn.accept()
+
+        self._decide(self.svc.restrictions.rcpt(self.client, event.address), then)
 
     def on_data(self, event: ev.DataStart) -> None:
-        reply = self.svc.restrictions.check_data(self.client)
-        if reply is not None:
-            self._reject("BDAT" if event.bdat else "DATA", reply)
-        else:
-            self.conn.accept()
+        stage = "BDAT" if event.bdat else "DATA"
+
+        def then(decision: Decision) -> None:
+            self._log_notices(stage, decision)
+            if decision.reply is not None:
+                self._reject(stage, decision.reply)
+            else:
+                self.conn.accept()
+
+        check = self.svc.restrictions.data(self.client, self.last_recipient)
+        self._decide(check, then)
 
     def on_message(self, event: ev.Message) -> None:
         if self.queue_id is None:  # cannot happen: a message needs an accepted RCPT
@@ -414,14 +469,21 @@ class SmtpSession(asyncio.Protocol):
 
     def on_vrfy(self, event: ev.Vrfy) -> None:
         # Postfix answers VRFY with its recipient lookup: 550 for an unknown local user.
-        reply = self.svc.restrictions.check_vrfy(self.svc.resolver.qualify(event.address))
+        reply = self.svc.restrictions.vrfy(self.client, event.address).reply
         if reply is not None:
-            self._reject("VRFY", reply, recipient=event.address)
+            self._reject("VRFY", reply, recipient=internal_form(event.address))
         else:
             self.conn.accept()
 
     def on_etrn(self, event: ev.Etrn) -> None:
-        self.conn.accept()
+        def then(decision: Decision) -> None:
+            self._log_notices("ETRN", decision)
+            if decision.reply is not None:
+                self._reject("ETRN", decision.reply)
+            else:
+                self.conn.accept()
+
+        self._decide(self.svc.restrictions.etrn(self.client, event.domain), then)
 
     # -- AUTH (RFC 4954) ----------------------------------------------------
 
@@ -506,6 +568,7 @@ class SmtpSession(asyncio.Protocol):
         name, addr = self.client.name, self.client.addr
         match event:
             case ev.ImproperPipelining(after=after, pending=pending):
+                self.client.ill_pipelining = True
                 self.log.info("smtpd", logfmt.improper_pipelining(after, name, addr, pending))
             case ev.NonSmtpCommand(line=line):
                 self.log.warning("smtpd", logfmt.non_smtp_command(name, addr, line))
@@ -545,7 +608,12 @@ class SmtpSession(asyncio.Protocol):
         assert self.tls is not None and self.svc.tls is not None
         info = self.tls.info
         self.tls_info = info
+        self.client.tls = True
         self.client.tls_trusted_cert = info.trust == "Trusted"
+        if info.peer_cert is not None:
+            self.client.cert_cn = info.peer_cert.subject_cn
+            self.client.cert_fingerprint = info.peer_cert.fingerprint
+            self.client.cert_pkey_fingerprint = info.peer_cert.pkey_fingerprint
         for line in describe.after_handshake(info, self.svc.tls.loglevel):
             self.log.info("smtpd", line)
         if self.svc.tls.required and self.svc.tls.req_ccert and info.trust != "Trusted":
@@ -598,6 +666,28 @@ class SmtpSession(asyncio.Protocol):
         return describe.received_clauses(self.tls_info, tls.ask_ccert)
 
     # -- logging and teardown ------------------------------------------------
+
+    def _log_notices(self, stage: str, decision: Decision, recipient: str | None = None) -> None:
+        """warn:, info: and reject_warning: lines, and configuration warnings."""
+        for action, text in decision.notices:
+            if action == "warning":
+                self.log.warning("smtpd", text)
+                continue
+            self.log.info(
+                "smtpd",
+                logfmt.reject(
+                    self.queue_id,
+                    stage,
+                    self.client.name,
+                    self.client.addr,
+                    text,
+                    sender=self.client.sender,
+                    recipient=recipient,
+                    protocol=self._log_protocol(),
+                    helo=self.client.helo,
+                    action=action,
+                ),
+            )
 
     def _reject(self, stage: str, reply: Reply, recipient: str | None = None) -> None:
         self._log_reject(stage, reply, recipient)
