@@ -353,7 +353,8 @@ def test_dsn_parameters_are_kept_with_the_message(postwall_factory):
     """RET, ENVID, NOTIFY and ORCPT survive into the queue file (RFC 3461)."""
     from postwall.queue.store import QueueStore
 
-    server = postwall_factory()
+    # Nothing listens at the relay: the message is deferred and stays queued.
+    server = postwall_factory(params={"relayhost": f"[127.0.0.1]:{peers.free_port()}"})
     c = Raw(server.port)
     c.send(
         b"EHLO x\r\nMAIL FROM:<a@example.org> RET=HDRS ENVID=QQ+2Bx\r\n"
@@ -363,7 +364,6 @@ def test_dsn_parameters_are_kept_with_the_message(postwall_factory):
     assert c.replies(4)[3].startswith("354")
     c.send(b"Subject: dsn\r\n\r\nkept\r\n.\r\n")
     qid = c.reply().rsplit(" ", 1)[1]
-    # No outbound transport yet: the message waits in deferred/, never dropped.
     server.wait_log(rf"{qid}: to=<far@remote\.example>, relay=none, .*status=deferred")
     store = QueueStore(server.config_dir / "queue")
     with store.load_sync(qid) as msg:
