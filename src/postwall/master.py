@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from postwall import __version__, logfmt
+from postwall.anvil import Anvil
 from postwall.cleanup import Cleanup
 from postwall.config import Config, ConfigError, Service, load
 from postwall.config.network import Networks
@@ -34,6 +35,7 @@ from postwall.log import MailLog
 from postwall.qmgr import QueueManager
 from postwall.queue.store import QueueStore
 from postwall.resolve import AddressResolver
+from postwall.smtpd.limits import AllPortsBusy, ClientLimits
 from postwall.smtpd.restrictions import NotSupported, Restrictions
 from postwall.smtpd.session import SmtpdService, SmtpSession, core_settings
 from postwall.tls.policy import ServerTLS, TLSConfigError
@@ -54,6 +56,12 @@ class _Listener:
     service: Service
     server: asyncio.Server
     current: SmtpdService
+    busy_warned: float = -1e9  # when the process-limit warning was last logged
+
+
+def _ext_name(service: Service) -> str:
+    host, port = service.listen or (None, 0)
+    return f"{host}:{port}" if host else str(port)
 
 
 @dataclass
@@ -64,7 +72,9 @@ class Runtime:
     smtpd: dict[str, SmtpdService] = field(default_factory=dict)
 
 
-def build_smtpd_services(config: Config, log: MailLog, cleanup: Cleanup) -> dict[str, SmtpdService]:
+def build_smtpd_services(
+    config: Config, log: MailLog, cleanup: Cleanup, anvil: Anvil
+) -> dict[str, SmtpdService]:
     """One SmtpdService per master.cf `inet ... smtpd` line; every problem reported."""
     services: dict[str, SmtpdService] = {}
     problems: list[str] = []
@@ -78,6 +88,7 @@ def build_smtpd_services(config: Config, log: MailLog, cleanup: Cleanup) -> dict
             resolver = AddressResolver.from_params(params)
             networks = Networks(params.mynetworks)
             restrictions = Restrictions(params, resolver, networks)
+            limits = ClientLimits(svc.name, params, anvil)
         except (TLSConfigError, NotSupported, ValueError, OSError) as exc:
             problems.append(f"{where}: service {svc.name}: {exc}")
             continue
@@ -92,6 +103,9 @@ def build_smtpd_services(config: Config, log: MailLog, cleanup: Cleanup) -> dict
             tls=tls,
             settings=core_settings(params, tls),
             sessions=set(),
+            limits=limits,
+            # maxproc "-" is $default_process_limit; 0 means no limit, as in Postfix.
+            max_sessions=params.default_process_limit if svc.maxproc is None else svc.maxproc,
         )
     if problems:
         raise StartupError(problems)
@@ -155,7 +169,9 @@ class Master:
             sync_agents={"discard": discard_now},
         )
         self.cleanup = Cleanup(params, self.store, self.log, on_commit=self.qmgr.wake)
-        services = build_smtpd_services(config, self.log, self.cleanup)
+        # One anvil for the server's life: counts and rates survive a reload.
+        self.anvil = Anvil(params.anvil_rate_time_unit)
+        services = build_smtpd_services(config, self.log, self.cleanup, self.anvil)
         if not services:
             raise StartupError([f"{self.config_dir}/master.cf: no smtpd inet service to run"])
         await self._listen(config, services)
@@ -168,10 +184,13 @@ class Master:
         # postqueue -f / -i: look at the queue now instead of at the next periodic scan.
         loop.add_signal_handler(signal.SIGUSR1, lambda: loop.create_task(self.qmgr.flush()))
         qmgr_task = loop.create_task(self.qmgr.run())
+        stats_task = loop.create_task(self._anvil_statistics(params.anvil_status_update_time))
         self.ready.set()
         await self.stop_event.wait()
         self.log.info("master", logfmt.master_terminating(signal.SIGTERM))
+        stats_task.cancel()
         await self._shutdown(qmgr_task)
+        self._log_anvil_statistics()
         with contextlib.suppress(OSError):
             (Path(params.data_directory) / PID_FILE).unlink()
         self.log.close()
@@ -186,7 +205,7 @@ class Master:
             try:
                 listener = _Listener(svc, None, services[svc.name])  # type: ignore[arg-type]
                 listener.server = await loop.create_server(
-                    lambda lst=listener: SmtpSession(lst.current),
+                    lambda lst=listener: self._new_session(lst),
                     host=host or None,
                     port=port,
                     reuse_address=True,
@@ -201,6 +220,37 @@ class Master:
                 lst.server.close()
             raise StartupError(problems)
 
+    def _new_session(self, listener: _Listener) -> SmtpSession | AllPortsBusy:
+        """Bound the sessions of a service (master.cf maxproc): the excess is told 421 at
+        once and closed, where Postfix's master would leave it waiting in the listen
+        queue, and the sessions in progress go on."""
+        svc = listener.current
+        if svc.max_sessions and len(svc.sessions) >= svc.max_sessions:
+            now = time.monotonic()
+            if now - listener.busy_warned > 1000:  # as master_spawn.c: not on every client
+                listener.busy_warned = now
+                name, ext = listener.service.name, _ext_name(listener.service)
+                for text in (
+                    f'service "{name}" ({ext}) has reached its process limit'
+                    f' "{svc.max_sessions}": new clients may experience noticeable delays',
+                    "to avoid this condition, increase the process count in master.cf or"
+                    " reduce the service time per client",
+                    "see http://www.postfix.org/STRESS_README.html for examples of"
+                    " stress-adapting configuration settings",
+                ):
+                    self.log.warning("master", text)
+            return AllPortsBusy(svc.log, wrappermode=svc.tls is not None and svc.tls.wrappermode)
+        return SmtpSession(svc)
+
+    async def _anvil_statistics(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            self._log_anvil_statistics()
+
+    def _log_anvil_statistics(self) -> None:
+        for line in self.anvil.status_lines():
+            self.log.info("anvil", line)
+
     def _write_pid(self, params: Params) -> None:
         data_dir = Path(params.data_directory)
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -211,7 +261,7 @@ class Master:
     async def reload(self) -> None:
         try:
             config = self.load()
-            services = build_smtpd_services(config, self.log, self.cleanup)
+            services = build_smtpd_services(config, self.log, self.cleanup, self.anvil)
         except StartupError as exc:
             for problem in exc.problems:
                 self.log.warning(
@@ -219,9 +269,12 @@ class Master:
                 )
             return
         self.log.reopen()
+        self.anvil.time_unit = config.params.anvil_rate_time_unit
         for name, listener in self.listeners.items():
             if name in services:
-                # New sessions get the new settings; open sessions keep theirs.
+                # New sessions get the new settings; open sessions keep theirs, and still
+                # count towards the service's bound.
+                services[name].sessions = listener.current.sessions
                 listener.current = services[name]
         self.log.info("master", logfmt.master_reload(__version__, str(self.config_dir)))
 

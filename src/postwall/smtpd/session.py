@@ -34,6 +34,7 @@ from postwall.smtp import events as ev
 from postwall.smtp import replies
 from postwall.smtp.replies import Reply
 from postwall.smtp.server import CLOSED, NEED_DATA, ServerConnection, ServerSettings
+from postwall.smtpd.limits import ClientLimits, Limit, SessionLimits
 from postwall.smtpd.restrictions import ClientState, Restrictions
 from postwall.tls import describe
 from postwall.tls.engine import TLSError, TLSInfo, TLSSession
@@ -66,7 +67,9 @@ class SmtpdService:
     networks: Networks
     tls: ServerTLS | None
     settings: ServerSettings
-    sessions: set[SmtpSession]
+    sessions: set[SmtpSession]  # shared with the service's next incarnation on reload
+    limits: ClientLimits
+    max_sessions: int = 0  # master.cf maxproc; 0: no bound
 
 
 class SmtpSession(asyncio.Protocol):
@@ -92,6 +95,7 @@ class SmtpSession(asyncio.Protocol):
         self.early_eof = False
         self.last_activity = time.monotonic()
         self.timer: asyncio.TimerHandle | None = None
+        self.limits: SessionLimits | None = None
 
     # -- asyncio callbacks ---------------------------------------------------
 
@@ -119,7 +123,10 @@ class SmtpSession(asyncio.Protocol):
             self.log.info("smtpd", logfmt.connect(self.client.name, self.client.addr))
             if self.closed:
                 return
+            self.limits = self.svc.limits.session(self.client.name, self.client.addr)
             if self.svc.tls is not None and self.svc.tls.wrappermode:
+                if self._limited(self.limits.wrappermode(self.peer)):
+                    return
                 self._start_tls()
             else:
                 self._greet()
@@ -128,9 +135,15 @@ class SmtpSession(asyncio.Protocol):
 
     def _greet(self) -> None:
         self.started = True
-        reply = self.svc.restrictions.check_connect(self.client)
-        if reply is not None:
-            self._log_reject("CONNECT", reply)
+        hit = self.limits.connect(self.peer) if self.limits is not None else None
+        if hit is not None:
+            # Postfix: the warning, then the 421 in place of the banner.
+            self.log.warning("smtpd", hit.warning)
+            reply = hit.reply
+        else:
+            reply = self.svc.restrictions.check_connect(self.client)
+            if reply is not None:
+                self._log_reject("CONNECT", reply)
         self.conn.greeting(reply)
         # Fed before the banner is taken, so the core reports what the client sent
         # before it as "improper command pipelining after CONNECT", as Postfix does.
@@ -278,6 +291,8 @@ class SmtpSession(asyncio.Protocol):
             self.conn.accept()
 
     def on_mail(self, event: ev.MailFrom) -> None:
+        if self._refused(self.limits.mail(self.peer) if self.limits else None):
+            return
         self.client.sender = event.address
         reply = self.svc.restrictions.check_mail(self.client)
         if reply is not None:
@@ -288,6 +303,8 @@ class SmtpSession(asyncio.Protocol):
         self.conn.accept()
 
     def on_rcpt(self, event: ev.RcptTo) -> None:
+        if self._refused(self.limits.rcpt(self.peer) if self.limits else None):
+            return
         recipient = self.svc.resolver.qualify(event.address)
         reply = self.svc.restrictions.check_rcpt(self.client, recipient)
         if reply is not None:
@@ -387,6 +404,8 @@ class SmtpSession(asyncio.Protocol):
             self._crash(exc)
 
     def on_starttls(self, event: ev.StartTLS) -> None:
+        if self._refused(self.limits.starttls(self.peer) if self.limits else None):
+            return
         self.conn.accept()
         self._flush()
         self._start_tls()
@@ -445,6 +464,8 @@ class SmtpSession(asyncio.Protocol):
         self.client.tls_trusted_cert = info.trust == "Trusted"
         for line in describe.after_handshake(info, self.svc.tls.loglevel):
             self.log.info("smtpd", line)
+        if self._limited(self.limits.handshake(self.peer, info.reused) if self.limits else None):
+            return
         if self.svc.tls.required and self.svc.tls.req_ccert and info.trust != "Trusted":
             # smtpd_tls_req_ccert: only a client whose certificate verifies may go on.
             why = (
@@ -476,6 +497,26 @@ class SmtpSession(asyncio.Protocol):
         return describe.received_clauses(self.tls_info, tls.ask_ccert)
 
     # -- logging and teardown ------------------------------------------------
+
+    def _refused(self, hit: Limit | None) -> bool:
+        """A rate limit refuses this command: Postfix logs a warning, not a reject line."""
+        if hit is None or hit.reply is None:
+            return False
+        self.log.warning("smtpd", hit.warning)
+        self.conn.reject(hit.reply)
+        return True
+
+    def _limited(self, hit: Limit | None) -> bool:
+        """A limit ends the session: the warning, the reply if any, the disconnect line."""
+        if hit is None:
+            return False
+        self.log.warning("smtpd", hit.warning)
+        self.conn.close(hit.reply, reason="")
+        self.started = True
+        self._flush()
+        self._log_end("")
+        self._close()
+        return True
 
     def _reject(self, stage: str, reply: Reply, recipient: str | None = None) -> None:
         self._log_reject(stage, reply, recipient)
@@ -571,6 +612,8 @@ class SmtpSession(asyncio.Protocol):
             self._release_queue_id()
         if self.timer is not None:
             self.timer.cancel()
+        if self.limits is not None:
+            self.limits.close()
         self.svc.sessions.discard(self)
 
 
