@@ -94,6 +94,11 @@ class SmtpSession(asyncio.Protocol):
         self.early_bytes = 0  # a running total: summing the list per packet is quadratic
         self.early_eof = False
         self.last_activity = time.monotonic()
+        # smtpd_per_request_deadline: the whole request (command line, message, TLS
+        # handshake) must arrive by this time; otherwise each read restarts the clock.
+        self.deadline = self.last_activity + self.params.smtpd_timeout
+        self.in_data = False  # DATA/BDAT content: bytes extend the deadline
+        self.write_paused = False  # the client does not read our replies
         self.timer: asyncio.TimerHandle | None = None
         self.limits: SessionLimits | None = None
 
@@ -153,12 +158,15 @@ class SmtpSession(asyncio.Protocol):
         self._flush()
         if self.early_eof:
             self.conn.receive_data(b"")
-        elif self.transport is not None:
-            self.transport.resume_reading()
+        else:
+            self._resume_reading()
         self._pump()
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = time.monotonic()
+        if self.in_data:
+            # smtpd_min_data_rate: message content earns time as it arrives.
+            self.deadline += len(data) / self.params.smtpd_min_data_rate
         try:
             if self.tls is not None:
                 self._tls_received(data)
@@ -243,6 +251,10 @@ class SmtpSession(asyncio.Protocol):
                 self._log_end(self.conn.close_reason or "")
                 self._close()
                 return
+            if getattr(event, "needs_answer", False):
+                # A complete request: the next one gets a fresh deadline.
+                self.deadline = time.monotonic() + self.params.smtpd_timeout
+                self.in_data = isinstance(event, ev.DataStart)
             handler = _HANDLERS.get(type(event))
             if handler is not None:
                 handler(self, event)
@@ -259,13 +271,30 @@ class SmtpSession(asyncio.Protocol):
         self.busy = False
         if self.closed:
             return
+        # Time spent on our side (queue commit, tarpit) is not the client's.
+        self.deadline = time.monotonic() + self.params.smtpd_timeout
         self._flush()
-        if self.transport is not None:
-            self.transport.resume_reading()
+        self._resume_reading()
         try:
             self._pump()
         except Exception as exc:
             self._crash(exc)
+
+    def _resume_reading(self) -> None:
+        if self.transport is not None and not self.write_paused and not self.closed:
+            self.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        # The client does not read what we send: stop reading what it sends, so replies
+        # cannot pile up in memory; the request deadline then ends the session.
+        self.write_paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if not self.busy:
+            self._resume_reading()
 
     def _flush(self) -> None:
         out = self.conn.data_to_send()
@@ -446,6 +475,7 @@ class SmtpSession(asyncio.Protocol):
         self.tls = self.svc.tls.new_session(
             self.peer, log=lambda line: self.log.info("smtpd", line)
         )
+        self._set_deadline(self.params.smtpd_starttls_timeout)
         if not self.started:
             # Implicit TLS: a fast client's ClientHello may have arrived during the
             # peer name lookup.
@@ -454,13 +484,14 @@ class SmtpSession(asyncio.Protocol):
                 self._tls_received(chunk)
             if self.early_eof and not self.closed:
                 self._tls_failed("lost connection")
-            elif self.transport is not None:
-                self.transport.resume_reading()
+            else:
+                self._resume_reading()
 
     def _tls_ready(self) -> None:
         assert self.tls is not None and self.svc.tls is not None
         info = self.tls.info
         self.tls_info = info
+        self.deadline = time.monotonic() + self.params.smtpd_timeout
         self.client.tls_trusted_cert = info.trust == "Trusted"
         for line in describe.after_handshake(info, self.svc.tls.loglevel):
             self.log.info("smtpd", line)
@@ -559,17 +590,39 @@ class SmtpSession(asyncio.Protocol):
             self.log.info("smtpd", logfmt.session_abort(reason, where, name, addr))
         self.log.info("smtpd", logfmt.disconnect(name, addr, self.conn.disconnect_summary()))
 
+    def _expiry(self) -> float:
+        handshaking = self.tls is not None and not self.tls.handshake_done
+        if self.params.smtpd_per_request_deadline:
+            return self.deadline
+        limit = self.params.smtpd_starttls_timeout if handshaking else self.params.smtpd_timeout
+        return self.last_activity + limit
+
     def _arm_timer(self) -> None:
-        deadline = self.last_activity + self.params.smtpd_timeout
         self.timer = self.loop.call_later(
-            max(0.0, deadline - time.monotonic()), self._check_timeout
+            max(0.05, self._expiry() - time.monotonic()), self._check_timeout
         )
+
+    def _set_deadline(self, seconds: float) -> None:
+        """A shorter deadline than the timer's (smtpd_starttls_timeout): re-arm it."""
+        self.deadline = time.monotonic() + seconds
+        if self.timer is not None and self.timer.when() > self.deadline:
+            self.timer.cancel()
+            self._arm_timer()
 
     def _check_timeout(self) -> None:
         if self.closed:
             return
-        if time.monotonic() - self.last_activity < self.params.smtpd_timeout:
+        if self.busy or time.monotonic() < self._expiry():
             self._arm_timer()
+            return
+        if self.tls is not None and not self.tls.handshake_done:
+            # Nothing can be said in the middle of a handshake.
+            self.log.info(
+                "smtpd",
+                logfmt.ssl_accept_error(self.client.name, self.client.addr, "timed out"),
+            )
+            self._log_end("timeout")
+            self._close()
             return
         self.conn.close(replies.timeout_exceeded(self.params.myhostname), reason="timeout")
         self._flush()
