@@ -102,11 +102,14 @@ def _write_new(path: Path, text: str) -> list[str]:
 
 
 def main_cf_text(layout: Layout, hostname: str) -> str:
-    return MAIN_CF.format(
+    text = MAIN_CF.format(
         hostname=hostname,
         data=layout.data_dir,
         certs=layout.certs_dir,
     )
+    if os.geteuid() == 0:
+        text += ROOT_TRIAL
+    return text
 
 
 MAIN_CF = """\
@@ -153,6 +156,15 @@ smtpd_tls_mandatory_exclude_ciphers = aNULL, MD5
 smtp_tls_security_level = may
 smtp_tls_note_starttls_offer = yes
 smtp_tls_loglevel = 1
+"""
+
+# Started as root, postwall drops to mail_owner after binding its ports; this trial
+# layout lives in root's home, which that account cannot reach.
+ROOT_TRIAL = """
+# This trial layout is in root's home, out of reach of the unprivileged mail_owner
+# (postfix) that postwall runs as after start-up when started as root; so it stays
+# root.  For a system service use /etc/postwall and the unit file (docs/admin.md).
+mail_owner = root
 """
 
 MASTER_CF = """\

@@ -18,19 +18,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import pwd
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from postwall import __version__, logfmt
+from postwall import __version__, fsutil, logfmt
 from postwall.anvil import Anvil
 from postwall.cleanup import Cleanup
 from postwall.config import Config, ConfigError, Service, load
 from postwall.config.network import Networks
 from postwall.config.params import Params
 from postwall.delivery.agents import LocalAgent, discard_agent, discard_now
+from postwall.delivery.local import DeliveryHelper
 from postwall.log import MailLog
 from postwall.qmgr import QueueManager
 from postwall.queue.store import QueueStore
@@ -121,6 +123,27 @@ def build_smtpd_services(
     return services
 
 
+def _mail_owner(params: Params) -> pwd.struct_passwd | None:
+    """The account to run as after start-up (None: mail_owner is root, stay root)."""
+    try:
+        owner = pwd.getpwnam(params.mail_owner)
+    except KeyError:
+        raise StartupError(
+            [
+                f"mail_owner = {params.mail_owner}: no such user; create it"
+                f" (useradd --system --home-dir {params.queue_directory} --shell"
+                f" /usr/sbin/nologin {params.mail_owner}) or set mail_owner"
+            ]
+        ) from None
+    if owner.pw_uid == 0:
+        # Postfix refuses this; postwall allows it for a trial layout in root's home
+        # (which mail_owner could not reach) and says so in the log.
+        return None
+    if owner.pw_gid == 0:
+        raise StartupError([f"mail_owner = {params.mail_owner}: must not be in group root"])
+    return owner
+
+
 def _server_tls(params: Params) -> ServerTLS | None:
     tls = ServerTLS.from_params(params)
     if not tls.offered and not tls.wrappermode:
@@ -154,6 +177,11 @@ class Master:
         self.log.attach(asyncio.get_running_loop())
         for warning in config.warnings:
             self.log.warning("postwall", warning)
+        owner = _mail_owner(params) if os.geteuid() == 0 else None
+        if os.geteuid() == 0 and owner is None:
+            self.log.warning(
+                "master", f"mail_owner = {params.mail_owner}: running as root, no privilege drop"
+            )
         self.store = QueueStore(Path(params.queue_directory))
         try:
             resolver = AddressResolver.from_params(params)
@@ -176,6 +204,9 @@ class Master:
             raise StartupError([f"{self.config_dir}/master.cf: no smtpd inet service to run"])
         await self._listen(config, services)
         self._write_pid(params)
+        self.helper: DeliveryHelper | None = None
+        if owner is not None:
+            self._drop_privileges(params, owner)
         self.log.info("master", logfmt.master_started(__version__, str(self.config_dir)))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -193,6 +224,8 @@ class Master:
         self._log_anvil_statistics()
         with contextlib.suppress(OSError):
             (Path(params.data_directory) / PID_FILE).unlink()
+        if self.helper is not None:
+            self.helper.stop()
         self.log.close()
 
     async def _listen(self, config: Config, services: dict[str, SmtpdService]) -> None:
@@ -219,6 +252,33 @@ class Master:
             for lst in self.listeners.values():
                 lst.server.close()
             raise StartupError(problems)
+
+    def _drop_privileges(self, params: Params, owner: pwd.struct_passwd) -> None:
+        """Started as root: the ports are bound, the private keys and the log file open;
+        hand the queue and data directories to mail_owner, start the root delivery
+        helper, and become mail_owner for good (Postfix's set_ugid) before any session."""
+        self.helper = DeliveryHelper.start(
+            home_mailbox=params.home_mailbox,
+            mail_spool_directory=params.mail_spool_directory,
+            recipient_delimiter=params.recipient_delimiter,
+        )
+        for directory in (params.queue_directory, params.data_directory):
+            fsutil.chown_tree(directory, owner.pw_uid, owner.pw_gid)
+        os.setgroups([owner.pw_gid])
+        os.setgid(owner.pw_gid)
+        os.setuid(owner.pw_uid)
+        os.umask(0o077)
+        try:
+            os.setuid(0)
+        except PermissionError:
+            pass
+        else:  # pragma: no cover - the kernel would have to be broken
+            raise StartupError(["privilege drop failed: setuid(0) still works"])
+        self.log.info(
+            "master",
+            f"dropped privileges to mail_owner {owner.pw_name}"
+            f" (uid {owner.pw_uid}, gid {owner.pw_gid})",
+        )
 
     def _new_session(self, listener: _Listener) -> SmtpSession | AllPortsBusy:
         """Bound the sessions of a service (master.cf maxproc): the excess is told 421 at
