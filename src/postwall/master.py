@@ -20,6 +20,7 @@ import contextlib
 import os
 import pwd
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -217,7 +218,9 @@ class Master:
         qmgr_task = loop.create_task(self.qmgr.run())
         stats_task = loop.create_task(self._anvil_statistics(params.anvil_status_update_time))
         self.ready.set()
+        sd_notify("READY=1")
         await self.stop_event.wait()
+        sd_notify("STOPPING=1")
         self.log.info("master", logfmt.master_terminating(signal.SIGTERM))
         stats_task.cancel()
         await self._shutdown(qmgr_task)
@@ -319,6 +322,9 @@ class Master:
     # -- reload and stop -------------------------------------------------------
 
     async def reload(self) -> None:
+        sd_notify(
+            f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"
+        )
         try:
             config = self.load()
             services = build_smtpd_services(config, self.log, self.cleanup, self.anvil)
@@ -327,6 +333,7 @@ class Master:
                 self.log.warning(
                     "master", f"reload failed, keeping the old configuration: {problem}"
                 )
+            sd_notify("READY=1")
             return
         self.log.reopen()
         self.anvil.time_unit = config.params.anvil_rate_time_unit
@@ -337,6 +344,7 @@ class Master:
                 services[name].sessions = listener.current.sessions
                 listener.current = services[name]
         self.log.info("master", logfmt.master_reload(__version__, str(self.config_dir)))
+        sd_notify("READY=1")
 
     async def _shutdown(self, qmgr_task: asyncio.Task[None]) -> None:
         for listener in self.listeners.values():
@@ -353,6 +361,17 @@ class Master:
         with contextlib.suppress(asyncio.CancelledError):
             await qmgr_task
         self.store.close()
+
+
+def sd_notify(state: str) -> None:
+    """Tell systemd (Type=notify) how we are: READY=1, RELOADING=1, STOPPING=1.  A
+    datagram to $NOTIFY_SOCKET (sd_notify(3)); nothing when not run by systemd."""
+    path = os.environ.get("NOTIFY_SOCKET", "")
+    if not path or path[0] not in "@/":
+        return
+    address = "\0" + path[1:] if path[0] == "@" else path
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.sendto(state.encode(), address)
 
 
 def run_foreground(config_dir: Path) -> int:
