@@ -231,3 +231,53 @@ def test_mynetworks_are_exempt_by_default(target):
     assert all(c.banner.startswith("220 ") for c in clients)
     for c in clients:
         c.close()
+
+
+@pytest.mark.parametrize("target", TARGETS, indirect=True)
+def test_connection_count_limit_with_implicit_tls(target):
+    """With wrappermode the handshake comes first, then the 421, over TLS (Postfix order)."""
+    t = target(
+        {
+            **NO_EXCEPTIONS,
+            "smtpd_client_connection_count_limit": "1",
+            "smtpd_tls_wrappermode": "yes",
+        }
+    )
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    first = ctx.wrap_socket(socket.create_connection(("127.0.0.1", t.port), timeout=15))
+    assert first.recv(4096).startswith(b"220 ")
+    second = ctx.wrap_socket(socket.create_connection(("127.0.0.1", t.port), timeout=15))
+    reply = second.recv(4096).decode()
+    assert t.norm(reply) == "421 4.7.0 HOST Error: too many connections from 127.0.0.1\r\n"
+    t.wait_warning(
+        "Connection concurrency limit exceeded: 2 from localhost[127.0.0.1] for service SERVICE"
+    )
+    first.close()
+    second.close()
+
+
+def test_sessions_past_maxproc_with_implicit_tls_are_closed_unanswered(postwall_factory, certs):
+    server = postwall_factory(
+        params={
+            "smtpd_tls_cert_file": str(certs.server_cert),
+            "smtpd_tls_key_file": str(certs.server_key),
+            "smtpd_tls_wrappermode": "yes",
+            "default_process_limit": "1",
+        }
+    )
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    first = ctx.wrap_socket(socket.create_connection(("127.0.0.1", server.port), timeout=15))
+    assert first.recv(4096).startswith(b"220 ")
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=15)
+    assert raw.recv(4096) == b""  # no plaintext a TLS client would choke on
+    server.wait_log(r"NOQUEUE: reject: CONNECT from \[127\.0\.0\.1\]:\d+: all server ports busy")
+    first.close()
+    plain = postwall_factory(params={"default_process_limit": "1"})
+    c1 = Client(plain.port)
+    with socket.create_connection(("127.0.0.1", plain.port), timeout=15) as c2:
+        assert c2.recv(4096) == b"421 4.3.2 All server ports are busy\r\n"
+    c1.close()
