@@ -124,6 +124,24 @@ def build_smtpd_services(
     return services
 
 
+def _check_fd_limit(services: dict[str, SmtpdService], log: MailLog) -> None:
+    """Sessions past the open-files limit would fail at accept() (EMFILE) instead of
+    getting 421: say so at start-up."""
+    import resource
+
+    bounds = [s.max_sessions for s in services.values()]
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY or 0 in bounds:
+        return
+    # Each session holds one descriptor; keep some for the queue, log and helper.
+    if sum(bounds) + 256 > soft:
+        log.warning(
+            "master",
+            f"open files limit {soft} is too low for the {sum(bounds)} sessions master.cf"
+            " allows (maxproc): raise it (LimitNOFILE) or lower maxproc",
+        )
+
+
 def _mail_owner(params: Params) -> pwd.struct_passwd | None:
     """The account to run as after start-up (None: mail_owner is root, stay root)."""
     try:
@@ -204,6 +222,7 @@ class Master:
         if not services:
             raise StartupError([f"{self.config_dir}/master.cf: no smtpd inet service to run"])
         await self._listen(config, services)
+        _check_fd_limit(services, self.log)
         self._write_pid(params)
         self.helper: DeliveryHelper | None = None
         if owner is not None:
@@ -303,7 +322,11 @@ class Master:
                 ):
                     self.log.warning("master", text)
             return AllPortsBusy(svc.log, wrappermode=svc.tls is not None and svc.tls.wrappermode)
-        return SmtpSession(svc)
+        session = SmtpSession(svc)
+        # Counted now, not at connection_made: a burst of accepts creates several
+        # protocols before the first one is told its connection.
+        svc.sessions.add(session)
+        return session
 
     async def _anvil_statistics(self, interval: float) -> None:
         while True:
