@@ -1105,6 +1105,10 @@ class PostwallServer:
             # What Debian's main.cf (and the reference instance) sets; Postfix's built-in
             # default is 0, which turns on backwards-compatible, open-relay-prone defaults.
             "compatibility_level": "3.6",
+            # Tests run as root with everything under a root-only tmp_path, out of reach
+            # of an unprivileged mail_owner: stay root (tests/integration/test_privileges.py
+            # covers the drop).
+            "mail_owner": "root",
         }
         base.update(self.params)
         self.params = base

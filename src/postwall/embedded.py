@@ -106,11 +106,14 @@ def _write_new(path: Path, text: str) -> list[str]:
 
 
 def main_cf_text(layout: Layout, hostname: str) -> str:
-    return MAIN_CF.format(
+    text = MAIN_CF.format(
         hostname=hostname,
         data=layout.data_dir,
         certs=layout.certs_dir,
     )
+    if os.geteuid() == 0:
+        text += ROOT_TRIAL
+    return text
 
 
 MAIN_CF = """\
@@ -162,6 +165,15 @@ smtp_tls_loglevel = 1
 # scrypt-hashed passwords: `postwall saslpasswd add USER` (no reload needed).
 smtpd_sasl_type = postwall
 smtpd_sasl_path = sasl_passwd
+"""
+
+# Started as root, postwall drops to mail_owner after binding its ports; this trial
+# layout lives in root's home, which that account cannot reach.
+ROOT_TRIAL = """
+# This trial layout is in root's home, out of reach of the unprivileged mail_owner
+# (postfix) that postwall runs as after start-up when started as root; so it stays
+# root.  For a system service use /etc/postwall and the unit file (docs/admin.md).
+mail_owner = root
 """
 
 MASTER_CF = """\

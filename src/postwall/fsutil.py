@@ -39,6 +39,7 @@ from pathlib import Path
 
 __all__ = [
     "atomic_write",
+    "chown_tree",
     "create_exclusive",
     "ensure_dir",
     "fsync_dir",
@@ -150,6 +151,19 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -
             os.unlink(tmp)
         raise
     fsync_dir(directory)
+
+
+def chown_tree(path: str | os.PathLike[str], uid: int, gid: int) -> int:
+    """Give `path` and everything under it to uid:gid (symlinks themselves, never their
+    targets); returns how many entries changed.  For handing the queue to mail_owner."""
+    changed = 0
+    for root, dirs, files in os.walk(path):
+        for name in (root, *(os.path.join(root, n) for n in dirs + files)):
+            st = os.lstat(name)
+            if (st.st_uid, st.st_gid) != (uid, gid):
+                os.lchown(name, uid, gid)
+                changed += 1
+    return changed
 
 
 def pid_alive(pid: int) -> bool:

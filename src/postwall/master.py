@@ -18,13 +18,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import pwd
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from postwall import __version__, logfmt
+from postwall import __version__, fsutil, logfmt
+from postwall.anvil import Anvil
 from postwall.cleanup import Cleanup
 from postwall.config import Config, ConfigError, Service, load
 from postwall.config.network import Networks
@@ -38,6 +41,7 @@ from postwall.delivery.agents import (
     error_agent,
     retry_agent,
 )
+from postwall.delivery.local import DeliveryHelper
 from postwall.delivery.smtp import SmtpAgent
 from postwall.log import MailLog
 from postwall.qmgr import QueueManager
@@ -45,6 +49,7 @@ from postwall.queue import wakeup
 from postwall.queue.store import QueueStore
 from postwall.resolve import AddressResolver
 from postwall.sasl.server import SaslServer
+from postwall.smtpd.limits import AllPortsBusy, ClientLimits
 from postwall.smtpd.restrictions import NotSupported, Restrictions
 from postwall.smtpd.session import SmtpdService, SmtpSession, core_settings
 from postwall.tls.policy import ServerTLS, TLSConfigError
@@ -65,6 +70,12 @@ class _Listener:
     service: Service
     server: asyncio.Server
     current: SmtpdService
+    busy_warned: float = -1e9  # when the process-limit warning was last logged
+
+
+def _ext_name(service: Service) -> str:
+    host, port = service.listen or (None, 0)
+    return f"{host}:{port}" if host else str(port)
 
 
 @dataclass
@@ -75,7 +86,9 @@ class Runtime:
     smtpd: dict[str, SmtpdService] = field(default_factory=dict)
 
 
-def build_smtpd_services(config: Config, log: MailLog, cleanup: Cleanup) -> dict[str, SmtpdService]:
+def build_smtpd_services(
+    config: Config, log: MailLog, cleanup: Cleanup, anvil: Anvil
+) -> dict[str, SmtpdService]:
     """One SmtpdService per master.cf `inet ... smtpd` line; every problem reported."""
     services: dict[str, SmtpdService] = {}
     problems: list[str] = []
@@ -90,6 +103,7 @@ def build_smtpd_services(config: Config, log: MailLog, cleanup: Cleanup) -> dict
             networks = Networks(params.mynetworks)
             restrictions = Restrictions(params, resolver, networks)
             sasl = SaslServer(params) if params.smtpd_sasl_auth_enable else None
+            limits = ClientLimits(svc.name, params, anvil)
         except (TLSConfigError, NotSupported, ValueError, OSError) as exc:
             # A restriction problem names its parameter; point at the main.cf line.
             setting = config.settings.get(str(exc).partition(":")[0])
@@ -109,6 +123,9 @@ def build_smtpd_services(config: Config, log: MailLog, cleanup: Cleanup) -> dict
             settings=core_settings(params, tls),
             sessions=set(),
             sasl=sasl,
+            limits=limits,
+            # maxproc "-" is $default_process_limit; 0 means no limit, as in Postfix.
+            max_sessions=params.default_process_limit if svc.maxproc is None else svc.maxproc,
         )
     if problems:
         raise StartupError(problems)
@@ -163,6 +180,45 @@ def build_delivery(config: Config, log: MailLog) -> Delivery:
     )
 
 
+def _check_fd_limit(services: dict[str, SmtpdService], log: MailLog) -> None:
+    """Sessions past the open-files limit would fail at accept() (EMFILE) instead of
+    getting 421: say so at start-up."""
+    import resource
+
+    bounds = [s.max_sessions for s in services.values()]
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY or 0 in bounds:
+        return
+    # Each session holds one descriptor; keep some for the queue, log and helper.
+    if sum(bounds) + 256 > soft:
+        log.warning(
+            "master",
+            f"open files limit {soft} is too low for the {sum(bounds)} sessions master.cf"
+            " allows (maxproc): raise it (LimitNOFILE) or lower maxproc",
+        )
+
+
+def _mail_owner(params: Params) -> pwd.struct_passwd | None:
+    """The account to run as after start-up (None: mail_owner is root, stay root)."""
+    try:
+        owner = pwd.getpwnam(params.mail_owner)
+    except KeyError:
+        raise StartupError(
+            [
+                f"mail_owner = {params.mail_owner}: no such user; create it"
+                f" (useradd --system --home-dir {params.queue_directory} --shell"
+                f" /usr/sbin/nologin {params.mail_owner}) or set mail_owner"
+            ]
+        ) from None
+    if owner.pw_uid == 0:
+        # Postfix refuses this; postwall allows it for a trial layout in root's home
+        # (which mail_owner could not reach) and says so in the log.
+        return None
+    if owner.pw_gid == 0:
+        raise StartupError([f"mail_owner = {params.mail_owner}: must not be in group root"])
+    return owner
+
+
 def _server_tls(params: Params) -> ServerTLS | None:
     tls = ServerTLS.from_params(params)
     if not tls.offered and not tls.wrappermode:
@@ -196,6 +252,11 @@ class Master:
         self.log.attach(asyncio.get_running_loop())
         for warning in config.warnings:
             self.log.warning("postwall", warning)
+        owner = _mail_owner(params) if os.geteuid() == 0 else None
+        if os.geteuid() == 0 and owner is None:
+            self.log.warning(
+                "master", f"mail_owner = {params.mail_owner}: running as root, no privilege drop"
+            )
         self.store = QueueStore(Path(params.queue_directory))
         self.delivery = build_delivery(config, self.log)
         self.qmgr = QueueManager(
@@ -208,11 +269,17 @@ class Master:
         )
         self.cleanup = Cleanup(params, self.store, self.log, on_commit=self.qmgr.wake)
         self.qmgr.attach_cleanup(self.cleanup)
-        services = build_smtpd_services(config, self.log, self.cleanup)
+        # One anvil for the server's life: counts and rates survive a reload.
+        self.anvil = Anvil(params.anvil_rate_time_unit)
+        services = build_smtpd_services(config, self.log, self.cleanup, self.anvil)
         if not services:
             raise StartupError([f"{self.config_dir}/master.cf: no smtpd inet service to run"])
         await self._listen(config, services)
+        _check_fd_limit(services, self.log)
         self._write_pid(params)
+        self.helper: DeliveryHelper | None = None
+        if owner is not None:
+            self._drop_privileges(params, owner)
         self.log.info("master", logfmt.master_started(__version__, str(self.config_dir)))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -227,14 +294,21 @@ class Master:
             wake_sock = None
             self.log.warning("master", f"wake-up socket {params.queue_directory}: {exc}")
         qmgr_task = loop.create_task(self.qmgr.run())
+        stats_task = loop.create_task(self._anvil_statistics(params.anvil_status_update_time))
         self.ready.set()
+        sd_notify("READY=1")
         await self.stop_event.wait()
+        sd_notify("STOPPING=1")
         self.log.info("master", logfmt.master_terminating(signal.SIGTERM))
         if wake_sock is not None:
             wakeup.close(wake_sock, params.queue_directory)
+        stats_task.cancel()
         await self._shutdown(qmgr_task)
+        self._log_anvil_statistics()
         with contextlib.suppress(OSError):
             (Path(params.data_directory) / PID_FILE).unlink()
+        if self.helper is not None:
+            self.helper.stop()
         self.log.close()
 
     async def _listen(self, config: Config, services: dict[str, SmtpdService]) -> None:
@@ -247,7 +321,7 @@ class Master:
             try:
                 listener = _Listener(svc, None, services[svc.name])  # type: ignore[arg-type]
                 listener.server = await loop.create_server(
-                    lambda lst=listener: SmtpSession(lst.current),
+                    lambda lst=listener: self._new_session(lst),
                     host=host or None,
                     port=port,
                     reuse_address=True,
@@ -262,6 +336,68 @@ class Master:
                 lst.server.close()
             raise StartupError(problems)
 
+    def _drop_privileges(self, params: Params, owner: pwd.struct_passwd) -> None:
+        """Started as root: the ports are bound, the private keys and the log file open;
+        hand the queue and data directories to mail_owner, start the root delivery
+        helper, and become mail_owner for good (Postfix's set_ugid) before any session."""
+        self.helper = DeliveryHelper.start(
+            home_mailbox=params.home_mailbox,
+            mail_spool_directory=params.mail_spool_directory,
+            recipient_delimiter=params.recipient_delimiter,
+        )
+        for directory in (params.queue_directory, params.data_directory):
+            fsutil.chown_tree(directory, owner.pw_uid, owner.pw_gid)
+        os.setgroups([owner.pw_gid])
+        os.setgid(owner.pw_gid)
+        os.setuid(owner.pw_uid)
+        os.umask(0o077)
+        try:
+            os.setuid(0)
+        except PermissionError:
+            pass
+        else:  # pragma: no cover - the kernel would have to be broken
+            raise StartupError(["privilege drop failed: setuid(0) still works"])
+        self.log.info(
+            "master",
+            f"dropped privileges to mail_owner {owner.pw_name}"
+            f" (uid {owner.pw_uid}, gid {owner.pw_gid})",
+        )
+
+    def _new_session(self, listener: _Listener) -> SmtpSession | AllPortsBusy:
+        """Bound the sessions of a service (master.cf maxproc): the excess is told 421 at
+        once and closed, where Postfix's master would leave it waiting in the listen
+        queue, and the sessions in progress go on."""
+        svc = listener.current
+        if svc.max_sessions and len(svc.sessions) >= svc.max_sessions:
+            now = time.monotonic()
+            if now - listener.busy_warned > 1000:  # as master_spawn.c: not on every client
+                listener.busy_warned = now
+                name, ext = listener.service.name, _ext_name(listener.service)
+                for text in (
+                    f'service "{name}" ({ext}) has reached its process limit'
+                    f' "{svc.max_sessions}": new clients may experience noticeable delays',
+                    "to avoid this condition, increase the process count in master.cf or"
+                    " reduce the service time per client",
+                    "see http://www.postfix.org/STRESS_README.html for examples of"
+                    " stress-adapting configuration settings",
+                ):
+                    self.log.warning("master", text)
+            return AllPortsBusy(svc.log, wrappermode=svc.tls is not None and svc.tls.wrappermode)
+        session = SmtpSession(svc)
+        # Counted now, not at connection_made: a burst of accepts creates several
+        # protocols before the first one is told its connection.
+        svc.sessions.add(session)
+        return session
+
+    async def _anvil_statistics(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            self._log_anvil_statistics()
+
+    def _log_anvil_statistics(self) -> None:
+        for line in self.anvil.status_lines():
+            self.log.info("anvil", line)
+
     def _write_pid(self, params: Params) -> None:
         data_dir = Path(params.data_directory)
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -270,20 +406,27 @@ class Master:
     # -- reload and stop -------------------------------------------------------
 
     async def reload(self) -> None:
+        sd_notify(
+            f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"
+        )
         try:
             config = self.load()
-            services = build_smtpd_services(config, self.log, self.cleanup)
+            services = build_smtpd_services(config, self.log, self.cleanup, self.anvil)
             delivery = build_delivery(config, self.log)
         except StartupError as exc:
             for problem in exc.problems:
                 self.log.warning(
                     "master", f"reload failed, keeping the old configuration: {problem}"
                 )
+            sd_notify("READY=1")
             return
         self.log.reopen()
+        self.anvil.time_unit = config.params.anvil_rate_time_unit
         for name, listener in self.listeners.items():
             if name in services:
-                # New sessions get the new settings; open sessions keep theirs.
+                # New sessions get the new settings; open sessions keep theirs, and still
+                # count towards the service's bound.
+                services[name].sessions = listener.current.sessions
                 listener.current = services[name]
         old, self.delivery = self.delivery, delivery
         self.qmgr.reconfigure(
@@ -291,6 +434,7 @@ class Master:
         )
         await old.smtp.close()
         self.log.info("master", logfmt.master_reload(__version__, str(self.config_dir)))
+        sd_notify("READY=1")
 
     async def _shutdown(self, qmgr_task: asyncio.Task[None]) -> None:
         for listener in self.listeners.values():
@@ -308,6 +452,17 @@ class Master:
         with contextlib.suppress(asyncio.CancelledError):
             await qmgr_task
         self.store.close()
+
+
+def sd_notify(state: str) -> None:
+    """Tell systemd (Type=notify) how we are: READY=1, RELOADING=1, STOPPING=1.  A
+    datagram to $NOTIFY_SOCKET (sd_notify(3)); nothing when not run by systemd."""
+    path = os.environ.get("NOTIFY_SOCKET", "")
+    if not path or path[0] not in "@/":
+        return
+    address = "\0" + path[1:] if path[0] == "@" else path
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.sendto(state.encode(), address)
 
 
 def run_foreground(config_dir: Path) -> int:

@@ -42,7 +42,9 @@ HOST_DEPENDENT = frozenset({"myhostname", "mydomain", "mynetworks"})
 # Defaults postwall sets differently from `postconf -d`, on purpose (docs/status.md):
 # current (3.7) defaults rather than backwards-compatible ones, its own name, and a
 # listen backlog for a single process that holds every connection.
-DELIBERATE = frozenset({"compatibility_level", "mail_name", "syslog_name"})
+DELIBERATE = frozenset(
+    {"compatibility_level", "mail_name", "syslog_name", "smtpd_per_request_deadline"}
+)
 
 
 def split_list(text: str, sep: str = LIST_SEP) -> tuple[str, ...]:
@@ -383,6 +385,24 @@ class Params:
         "${stress?{1}:{20}}", "Errors after which the session is closed.", 20, lo=1
     )
     smtpd_soft_error_limit: int = _i("10", "Errors after which replies are delayed.")
+    smtpd_junk_command_limit: int = _i(
+        "${stress?{1}:{100}}",
+        "NOOP/VRFY/ETRN/RSET/HELO/EHLO before they count as errors.",
+        100,
+        lo=1,
+    )
+    smtpd_starttls_timeout: float = _t(
+        "${stress?{10}:{300}}s", "Time limit for the TLS handshake.", 300.0, lo=1
+    )
+    # postwall: deadlines on by default, so a client trickling bytes cannot hold a session.
+    smtpd_per_request_deadline: bool = _b(
+        "${smtpd_per_record_deadline?{$smtpd_per_record_deadline}:{yes}}",
+        "smtpd_timeout and smtpd_starttls_timeout bound a whole request, not one read.",
+        True,
+    )
+    smtpd_min_data_rate: int = _i(
+        "500", "DATA/BDAT bytes per second that extend the deadline.", lo=1
+    )
     smtpd_error_sleep_time: float = _t("1s", "Delay before replying after an error.")
     smtpd_forbid_bare_newline: str = _s(
         "no",
@@ -433,6 +453,7 @@ class Params:
     smtpd_client_new_tls_session_rate_limit: int = _i("0", "New TLS sessions per time unit.")
     smtpd_client_auth_rate_limit: int = _i("0", "AUTH requests per client per time unit.")
     anvil_rate_time_unit: float = _t("60s", "Time unit of the client rate limits.", lo=1)
+    anvil_status_update_time: float = _t("600s", "Interval of anvil's statistics lines.", lo=1)
     # smtpd_client_connection_limit_exceptions is unset, so this falls back to $mynetworks.
     smtpd_client_event_limit_exceptions: tuple[str, ...] = _l(
         "${smtpd_client_connection_limit_exceptions:$mynetworks}",

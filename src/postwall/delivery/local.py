@@ -27,6 +27,20 @@ switched to the user's uid/gid (Postfix uses set_eugid; a threaded process
 cannot), so files and quota belong to the user; otherwise we deliver as
 ourselves.
 
+After the privilege drop (master, started as root) the process that talks to the
+network runs as mail_owner and cannot become a user any more.  Local delivery then
+goes through a `DeliveryHelper`: a small process started as root before the drop,
+which runs no asyncio, no TLS and no SMTP.  For each delivery the unprivileged side
+sends it one end of a fresh socketpair (SCM_RIGHTS); the helper forks a child for it,
+which reads a small JSON header (recipient, original recipient, sender, file name),
+resolves the mailbox itself from the home_mailbox / mail_spool_directory /
+recipient_delimiter it was started with (the request names a recipient, never a
+path), switches to that user, and only then reads the content and writes the Maildir
+file.  What a compromised mail_owner process can make it do is therefore what it can
+do anyway by accepting mail: put a message into a local user's Maildir.  The helper
+keeps the settings it was started with: a change of those three parameters needs a
+restart.
+
 Blocking (file I/O, fsync, maybe fork): the queue manager runs it in a thread.
 """
 
@@ -35,9 +49,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import itertools
+import json
 import os
 import pwd
+import signal
 import socket
+import struct
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -265,6 +285,8 @@ def deliver_local(
     )
     if isinstance(target, DeliveryResult):
         return target
+    if _helper is not None and os.geteuid() != 0:
+        return _helper.deliver(message, recipient, original, stable_name)
     if os.geteuid() != 0 or target.uid == 0:
         return deliver(
             message, recipient, maildir=target.maildir, original=original, stable_name=stable_name
@@ -315,3 +337,190 @@ def _deliver_as(
             "deferred", "4.3.0", f"maildir delivery failed: delivery process for {target.user} died"
         )
     return DeliveryResult(parts[0], parts[1], parts[2])  # type: ignore[arg-type]
+
+
+# -- the privileged delivery helper ----------------------------------------------------
+
+_HEADER_MAX = 64 * 1024
+_helper: DeliveryHelper | None = None
+
+
+class DeliveryHelper:
+    """The unprivileged side: a socket to the root helper process (see the module
+    docstring).  Thread-safe: each delivery has its own socketpair."""
+
+    def __init__(self, control: socket.socket, proc: subprocess.Popen[bytes]) -> None:
+        self._control = control
+        self._proc = proc
+        self._lock = threading.Lock()
+
+    @classmethod
+    def start(
+        cls, *, home_mailbox: str, mail_spool_directory: str, recipient_delimiter: str
+    ) -> DeliveryHelper:
+        """Start the helper (we must still be root) and route deliver_local() through it."""
+        global _helper
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        settings = json.dumps([home_mailbox, mail_spool_directory, recipient_delimiter])
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from postwall.delivery.local import helper_main; helper_main()",
+                str(theirs.fileno()),
+                settings,
+            ],
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
+            start_new_session=False,
+        )
+        theirs.close()
+        _helper = cls(ours, proc)
+        return _helper
+
+    def stop(self) -> None:
+        global _helper
+        _helper = None
+        self._control.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._proc.wait(5)
+        if self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+
+    def deliver(
+        self, message: MessageSource, recipient: str, original: str, stable_name: str | None
+    ) -> DeliveryResult:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            with self._lock:
+                socket.send_fds(self._control, [b"D"], [theirs.fileno()])
+            theirs.close()
+            header = json.dumps(
+                {
+                    "recipient": recipient,
+                    "original": original,
+                    "sender": message.envelope.sender,
+                    "stable_name": stable_name,
+                }
+            ).encode("utf-8", "surrogateescape")
+            mine.sendall(struct.pack("!I", len(header)) + header)
+            for chunk in message.iter_content():
+                if chunk:
+                    mine.sendall(struct.pack("!I", len(chunk)) + chunk)
+            mine.sendall(struct.pack("!I", 0))
+            answer = b""
+            while data := mine.recv(65536):
+                answer += data
+        except OSError as exc:
+            return DeliveryResult(
+                "deferred", "4.3.0", f"maildir delivery failed: delivery helper: {exc.strerror}"
+            )
+        finally:
+            mine.close()
+            theirs.close()
+        parts = answer.decode("utf-8", "replace").split("\0")
+        if len(parts) != 3 or parts[0] not in ("sent", "deferred", "bounced"):
+            return DeliveryResult(
+                "deferred", "4.3.0", "maildir delivery failed: delivery helper gave no answer"
+            )
+        return DeliveryResult(parts[0], parts[1], parts[2])  # type: ignore[arg-type]
+
+
+class _Sender:
+    def __init__(self, sender: str) -> None:
+        self.sender = sender
+
+
+class _StreamedMessage:
+    """MessageSource over the framed content of one helper request."""
+
+    def __init__(self, sock: socket.socket, sender: str) -> None:
+        self.envelope = _Sender(sender)
+        self._sock = sock
+
+    def iter_content(self, chunk_size: int = 65536) -> Iterator[bytes]:
+        while True:
+            (size,) = struct.unpack("!I", _recv_exact(self._sock, 4))
+            if size == 0:
+                return
+            yield _recv_exact(self._sock, size)
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        data = sock.recv(min(n - len(buf), 1 << 20))
+        if not data:
+            raise EOFError("delivery request cut short")
+        buf += data
+    return bytes(buf)
+
+
+def helper_main() -> None:
+    """The root helper's loop: one forked child per delivery request, until the
+    unprivileged side closes the control socket (it stopped, or died)."""
+    control = socket.socket(fileno=int(sys.argv[1]))
+    home_mailbox, spool, delimiter = json.loads(sys.argv[2])
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children reap themselves
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the server, which stops us
+    while True:
+        try:
+            msg, fds, _flags, _addr = socket.recv_fds(control, 1, 1)
+        except OSError:
+            return
+        if not msg:
+            return
+        if not fds:
+            continue
+        if os.fork() == 0:
+            code = 1
+            try:
+                control.close()
+                _serve_one(socket.socket(fileno=fds[0]), home_mailbox, spool, delimiter)
+                code = 0
+            finally:
+                os._exit(code)
+        for fd in fds:
+            os.close(fd)
+
+
+def _serve_one(sock: socket.socket, home_mailbox: str, spool: str, delimiter: str) -> None:
+    (size,) = struct.unpack("!I", _recv_exact(sock, 4))
+    if size > _HEADER_MAX:
+        return
+    req = json.loads(_recv_exact(sock, size).decode("utf-8", "surrogateescape"))
+    recipient, original = str(req["recipient"]), str(req["original"])
+    stable = req.get("stable_name")
+    if stable is not None and (
+        not isinstance(stable, str) or "/" in stable or stable in (".", "..")
+    ):
+        raise ValueError("bad file name")
+    try:
+        target = resolve_mailbox(
+            recipient,
+            home_mailbox=home_mailbox,
+            mail_spool_directory=spool,
+            recipient_delimiter=delimiter,
+        )
+    except LocalDeliveryNotSupported as exc:
+        target = DeliveryResult("deferred", "4.3.0", str(exc))
+    if isinstance(target, DeliveryResult):
+        result = target
+    else:
+        if target.uid != 0:  # root's own mail is written as root, as before the drop
+            os.setgroups([target.gid])
+            os.setgid(target.gid)
+            os.setuid(target.uid)
+        os.umask(0o077)
+        result = deliver(
+            _StreamedMessage(sock, str(req["sender"])),
+            recipient,
+            maildir=target.maildir,
+            original=original,
+            stable_name=stable,
+        )
+    fsutil.write_all(
+        sock.fileno(), f"{result.status}\0{result.dsn}\0{result.text}".encode("utf-8", "replace")
+    )
+    sock.shutdown(socket.SHUT_WR)

@@ -126,7 +126,8 @@ class ServerSettings:
 _LAST_IN_GROUP = frozenset({"HELO", "EHLO", "DATA", "NOOP", "VRFY"})
 # Allowed before STARTTLS at smtpd_tls_security_level=encrypt (RFC 3207 4).
 _PRE_TLS = frozenset({"HELO", "EHLO", "STARTTLS", "NOOP", "QUIT"})
-_JUNK = frozenset({"RSET", "NOOP", "VRFY", "ETRN"})
+# Postfix SMTPD_CMD_FLAG_LIMIT: repeatable without a tarpit unless counted.
+_JUNK = frozenset({"HELO", "EHLO", "RSET", "NOOP", "VRFY", "ETRN"})
 _KNOWN = frozenset(
     {"HELO", "EHLO", "STARTTLS", "AUTH", "MAIL", "RCPT", "DATA", "BDAT"}
     | {"RSET", "NOOP", "VRFY", "ETRN", "QUIT"}

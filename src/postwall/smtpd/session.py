@@ -38,6 +38,7 @@ from postwall.smtp import events as ev
 from postwall.smtp import replies
 from postwall.smtp.replies import Reply
 from postwall.smtp.server import CLOSED, NEED_DATA, ServerConnection, ServerSettings
+from postwall.smtpd.limits import ClientLimits, Limit, SessionLimits
 from postwall.smtpd.restrictions import ClientState, Decision, Restrictions, run_now
 from postwall.tls import describe
 from postwall.tls.engine import TLSError, TLSInfo, TLSSession
@@ -70,8 +71,10 @@ class SmtpdService:
     networks: Networks
     tls: ServerTLS | None
     settings: ServerSettings
-    sessions: set[SmtpSession]
+    sessions: set[SmtpSession]  # shared with the service's next incarnation on reload
+    limits: ClientLimits
     sasl: SaslServer | None = None
+    max_sessions: int = 0  # master.cf maxproc; 0: no bound
 
 
 class SmtpSession(asyncio.Protocol):
@@ -102,9 +105,15 @@ class SmtpSession(asyncio.Protocol):
         self.early_bytes = 0  # a running total: summing the list per packet is quadratic
         self.early_eof = False
         self.last_activity = time.monotonic()
+        # smtpd_per_request_deadline: the whole request (command line, message, TLS
+        # handshake) must arrive by this time; otherwise each read restarts the clock.
+        self.deadline = self.last_activity + self.params.smtpd_timeout
+        self.in_data = False  # DATA/BDAT content: bytes extend the deadline
+        self.write_paused = False  # the client does not read our replies
         self.timer: asyncio.TimerHandle | None = None
         self.connect_decision: Decision | None = None
         self.last_recipient: str | None = None  # for smtpd_data_restrictions' replies
+        self.limits: SessionLimits | None = None
 
     # -- asyncio callbacks ---------------------------------------------------
 
@@ -138,7 +147,10 @@ class SmtpSession(asyncio.Protocol):
             self.connect_decision = await self.svc.restrictions.connect(self.client)
             if self.closed:
                 return
+            self.limits = self.svc.limits.session(self.client.name, self.client.addr)
             if self.svc.tls is not None and self.svc.tls.wrappermode:
+                if self._limited(self.limits.wrappermode(self.peer)):
+                    return
                 self._start_tls()
             else:
                 self._greet()
@@ -147,12 +159,20 @@ class SmtpSession(asyncio.Protocol):
 
     def _greet(self) -> None:
         self.started = True
+        hit = self.limits.connect(self.peer) if self.limits is not None else None
         decision = self.connect_decision or Decision()
-        self._log_notices("CONNECT", decision)
-        reply = decision.reply
-        if reply is not None:
-            self._log_reject("CONNECT", reply)
-        self.conn.greeting(reply, denied=f"{self.client.name}[{self.client.addr}]")
+        if hit is not None:
+            # Postfix: the warning, then the 421 in place of the banner.
+            self.log.warning("smtpd", hit.warning)
+            reply = hit.reply
+        else:
+            self._log_notices("CONNECT", decision)
+            reply = decision.reply
+            if reply is not None:
+                self._log_reject("CONNECT", reply)
+        # A limit's 421 ends the session; a client restriction's refusal keeps it (503s).
+        denied = None if hit is not None else f"{self.client.name}[{self.client.addr}]"
+        self.conn.greeting(reply, denied=denied)
         # Fed before the banner is taken, so the core reports what the client sent
         # before it as "improper command pipelining after CONNECT", as Postfix does.
         early, self.early = self.early, []
@@ -161,12 +181,15 @@ class SmtpSession(asyncio.Protocol):
         self._flush()
         if self.early_eof:
             self.conn.receive_data(b"")
-        elif self.transport is not None:
-            self.transport.resume_reading()
+        else:
+            self._resume_reading()
         self._pump()
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = time.monotonic()
+        if self.in_data:
+            # smtpd_min_data_rate: message content earns time as it arrives.
+            self.deadline += len(data) / self.params.smtpd_min_data_rate
         try:
             if self.tls is not None:
                 self._tls_received(data)
@@ -251,6 +274,10 @@ class SmtpSession(asyncio.Protocol):
                 self._log_end(self.conn.close_reason or "")
                 self._close()
                 return
+            if getattr(event, "needs_answer", False):
+                # A complete request: the next one gets a fresh deadline.
+                self.deadline = time.monotonic() + self.params.smtpd_timeout
+                self.in_data = isinstance(event, ev.DataStart)
             handler = _HANDLERS.get(type(event))
             if handler is not None:
                 handler(self, event)
@@ -267,13 +294,30 @@ class SmtpSession(asyncio.Protocol):
         self.busy = False
         if self.closed:
             return
+        # Time spent on our side (queue commit, tarpit) is not the client's.
+        self.deadline = time.monotonic() + self.params.smtpd_timeout
         self._flush()
-        if self.transport is not None:
-            self.transport.resume_reading()
+        self._resume_reading()
         try:
             self._pump()
         except Exception as exc:
             self._crash(exc)
+
+    def _resume_reading(self) -> None:
+        if self.transport is not None and not self.write_paused and not self.closed:
+            self.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        # The client does not read what we send: stop reading what it sends, so replies
+        # cannot pile up in memory; the request deadline then ends the session.
+        self.write_paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if not self.busy:
+            self._resume_reading()
 
     def _flush(self) -> None:
         out = self.conn.data_to_send()
@@ -331,6 +375,8 @@ class SmtpSession(asyncio.Protocol):
         self._decide(self.svc.restrictions.helo(self.client), then)
 
     def on_mail(self, event: ev.MailFrom) -> None:
+        if self._refused(self.limits.mail(self.peer) if self.limits else None):
+            return
         self.client.sender = internal_form(event.address)
         auth = event.params.auth
         self.sasl_sender = auth if auth and auth != "<>" and self.svc.sasl else None
@@ -348,6 +394,8 @@ class SmtpSession(asyncio.Protocol):
         self._decide(self.svc.restrictions.mail(self.client), then)
 
     def on_rcpt(self, event: ev.RcptTo) -> None:
+        if self._refused(self.limits.rcpt(self.peer) if self.limits else None):
+            return
         shown = internal_form(event.address)
 
         def then(decision: Decision) -> None:
@@ -463,6 +511,8 @@ class SmtpSession(asyncio.Protocol):
             self._crash(exc)
 
     def on_starttls(self, event: ev.StartTLS) -> None:
+        if self._refused(self.limits.starttls(self.peer) if self.limits else None):
+            return
         self.conn.accept()
         self._flush()
         self._start_tls()
@@ -504,6 +554,8 @@ class SmtpSession(asyncio.Protocol):
         sasl = self.svc.sasl
         if sasl is None:  # the core offers AUTH only with mechanisms, which need this
             self.conn.reject(replies.AUTH_NOT_ENABLED)
+            return
+        if self._refused(self.limits.auth(self.peer) if self.limits else None):
             return
         self.sasl_mechanism = event.mechanism
         self.sasl_conv = sasl.conversation(
@@ -593,6 +645,7 @@ class SmtpSession(asyncio.Protocol):
         self.tls = self.svc.tls.new_session(
             self.peer, log=lambda line: self.log.info("smtpd", line)
         )
+        self._set_deadline(self.params.smtpd_starttls_timeout)
         if not self.started:
             # Implicit TLS: a fast client's ClientHello may have arrived during the
             # peer name lookup.
@@ -601,14 +654,15 @@ class SmtpSession(asyncio.Protocol):
                 self._tls_received(chunk)
             if self.early_eof and not self.closed:
                 self._tls_failed("lost connection")
-            elif self.transport is not None:
-                self.transport.resume_reading()
+            else:
+                self._resume_reading()
 
     def _tls_ready(self) -> None:
         assert self.tls is not None and self.svc.tls is not None
         info = self.tls.info
         self.tls_info = info
         self.client.tls = True
+        self.deadline = time.monotonic() + self.params.smtpd_timeout
         self.client.tls_trusted_cert = info.trust == "Trusted"
         if info.peer_cert is not None:
             self.client.cert_cn = info.peer_cert.subject_cn
@@ -616,6 +670,8 @@ class SmtpSession(asyncio.Protocol):
             self.client.cert_pkey_fingerprint = info.peer_cert.pkey_fingerprint
         for line in describe.after_handshake(info, self.svc.tls.loglevel):
             self.log.info("smtpd", line)
+        if self._limited(self.limits.handshake(self.peer, info.reused) if self.limits else None):
+            return
         if self.svc.tls.required and self.svc.tls.req_ccert and info.trust != "Trusted":
             # smtpd_tls_req_ccert: only a client whose certificate verifies may go on.
             why = (
@@ -689,6 +745,26 @@ class SmtpSession(asyncio.Protocol):
                 ),
             )
 
+    def _refused(self, hit: Limit | None) -> bool:
+        """A rate limit refuses this command: Postfix logs a warning, not a reject line."""
+        if hit is None or hit.reply is None:
+            return False
+        self.log.warning("smtpd", hit.warning)
+        self.conn.reject(hit.reply)
+        return True
+
+    def _limited(self, hit: Limit | None) -> bool:
+        """A limit ends the session: the warning, the reply if any, the disconnect line."""
+        if hit is None:
+            return False
+        self.log.warning("smtpd", hit.warning)
+        self.conn.close(hit.reply, reason="")
+        self.started = True
+        self._flush()
+        self._log_end("")
+        self._close()
+        return True
+
     def _reject(self, stage: str, reply: Reply, recipient: str | None = None) -> None:
         self._log_reject(stage, reply, recipient)
         self.conn.reject(reply)
@@ -730,17 +806,39 @@ class SmtpSession(asyncio.Protocol):
             self.log.info("smtpd", logfmt.session_abort(reason, where, name, addr))
         self.log.info("smtpd", logfmt.disconnect(name, addr, self.conn.disconnect_summary()))
 
+    def _expiry(self) -> float:
+        handshaking = self.tls is not None and not self.tls.handshake_done
+        if self.params.smtpd_per_request_deadline:
+            return self.deadline
+        limit = self.params.smtpd_starttls_timeout if handshaking else self.params.smtpd_timeout
+        return self.last_activity + limit
+
     def _arm_timer(self) -> None:
-        deadline = self.last_activity + self.params.smtpd_timeout
         self.timer = self.loop.call_later(
-            max(0.0, deadline - time.monotonic()), self._check_timeout
+            max(0.05, self._expiry() - time.monotonic()), self._check_timeout
         )
+
+    def _set_deadline(self, seconds: float) -> None:
+        """A shorter deadline than the timer's (smtpd_starttls_timeout): re-arm it."""
+        self.deadline = time.monotonic() + seconds
+        if self.timer is not None and self.timer.when() > self.deadline:
+            self.timer.cancel()
+            self._arm_timer()
 
     def _check_timeout(self) -> None:
         if self.closed:
             return
-        if time.monotonic() - self.last_activity < self.params.smtpd_timeout:
+        if self.busy or time.monotonic() < self._expiry():
             self._arm_timer()
+            return
+        if self.tls is not None and not self.tls.handshake_done:
+            # Nothing can be said in the middle of a handshake.
+            self.log.info(
+                "smtpd",
+                logfmt.ssl_accept_error(self.client.name, self.client.addr, "timed out"),
+            )
+            self._log_end("timeout")
+            self._close()
             return
         self.conn.close(replies.timeout_exceeded(self.params.myhostname), reason="timeout")
         self._flush()
@@ -783,6 +881,8 @@ class SmtpSession(asyncio.Protocol):
             self._release_queue_id()
         if self.timer is not None:
             self.timer.cancel()
+        if self.limits is not None:
+            self.limits.close()
         self.svc.sessions.discard(self)
 
 

@@ -1,0 +1,139 @@
+"""Started as root, postwall binds a privileged port and reads its root-only private key,
+then runs as mail_owner (postfix) for everything that talks to the network; local mail
+still lands in each user's Maildir, owned by that user, through the root delivery helper.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import smtplib
+import socket
+import ssl
+from pathlib import Path
+
+import pytest
+
+import peers
+
+
+def _free_privileged_port() -> int:
+    for port in range(900, 1024):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    pytest.skip("no free privileged port")
+
+
+def _ids(pid: int) -> dict[str, list[int]]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("Uid", "Gid", "Groups"):
+            out[key] = [int(v) for v in value.split()]
+    return out
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+@pytest.fixture
+def workdir() -> Path:
+    peers.require_root()
+    try:
+        pwd.getpwnam("postfix")
+    except KeyError:
+        pytest.skip("no postfix user")
+    root = peers.WORK_ROOT
+    root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o755)
+    base = root / f"privdrop-{os.getpid()}"
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir(mode=0o755)
+    base.chmod(0o755)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def test_root_start_drops_to_mail_owner(workdir: Path, certs: peers.TestCerts) -> None:
+    postfix = pwd.getpwnam("postfix")
+    keys = workdir / "keys"
+    keys.mkdir(mode=0o700)
+    shutil.copy(certs.server_cert, keys / "cert.pem")
+    shutil.copy(certs.server_key, keys / "key.pem")
+    (keys / "key.pem").chmod(0o600)
+    spool = workdir / "mail"
+    spool.mkdir()
+    spool.chmod(0o1777)  # a world-writable spool, so each user can make its Maildir
+    server = peers.PostwallServer(
+        config_dir=workdir / "conf",
+        port=_free_privileged_port(),
+        params={
+            "mail_owner": "postfix",
+            "mail_spool_directory": f"{spool}/",
+            "mydestination": "postwall.test, localhost",
+            "smtpd_tls_security_level": "may",
+            "smtpd_tls_cert_file": str(keys / "cert.pem"),
+            "smtpd_tls_key_file": str(keys / "key.pem"),
+        },
+    )
+    try:
+        server.start()
+        assert server.pid is not None
+        server.wait_log(r"dropped privileges to mail_owner postfix \(uid \d+, gid \d+\)")
+        ids = _ids(server.pid)
+        assert ids["Uid"] == [postfix.pw_uid] * 4
+        assert ids["Gid"] == [postfix.pw_gid] * 4
+        assert ids["Groups"] == [postfix.pw_gid]
+        # The one process kept as root is the delivery helper.
+        helpers = _children(server.pid)
+        assert len(helpers) == 1 and _ids(helpers[0])["Uid"][0] == 0
+
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=20) as s:
+            s.starttls(context=ctx)
+            s.sendmail(
+                "alice@example.org",
+                ["root@localhost", "nobody@localhost"],
+                peers.simple_message("privdrop", "alice@example.org", "root@localhost"),
+            )
+        for user, uid in (("root", 0), ("nobody", pwd.getpwnam("nobody").pw_uid)):
+            new = spool / user / "new"
+            peers.wait_for(lambda n=new: n.is_dir() and any(n.iterdir()), 30, f"{user}'s mail")
+            (delivered,) = list(new.iterdir())
+            assert delivered.stat().st_uid == uid
+            assert b"Subject: privdrop" in delivered.read_bytes()
+
+        queue = Path(server.params["queue_directory"])
+        st = queue.stat()
+        assert (st.st_uid, st.st_mode & 0o777) == (postfix.pw_uid, 0o700)
+        assert all(p.stat().st_uid == postfix.pw_uid for p in queue.rglob("*"))
+        assert (keys / "key.pem").stat().st_uid == 0
+
+        # A reload re-reads the key as mail_owner: refused, the old settings stay.
+        os.kill(server.pid, signal.SIGHUP)
+        server.wait_log(r"reload failed, keeping the old configuration: .*key")
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=20) as s:
+            assert s.starttls(context=ctx)[0] == 220
+        assert server.stop() == 0
+        assert not any(Path(f"/proc/{pid}").exists() for pid in helpers)
+        assert not (Path(server.params["data_directory"]) / "master.pid").exists()
+    finally:
+        server.cleanup()
+
+
+def test_unknown_mail_owner_stops_start_up(tmp_path: Path) -> None:
+    peers.require_root()
+    server = peers.PostwallServer(config_dir=tmp_path / "c", params={"mail_owner": "nosuchuser9"})
+    with pytest.raises(peers.PeerError, match="mail_owner = nosuchuser9: no such user"):
+        server.start()
+    server.cleanup()
