@@ -9,7 +9,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from test_dns_unbound import Unbound, unbound  # noqa: F401  (the fixture)
+from test_dns_unbound import unbound  # noqa: F401  (the fixture)
 
 import peers
 from postwall.config.network import Networks
@@ -49,7 +49,7 @@ def _rcpt(r: Restrictions, helo: str, sender: str, rcpt: str) -> str | None:
     return None if d.reply is None else str(d.reply)
 
 
-def test_unknown_domains(unbound: Unbound) -> None:  # noqa: F811
+def test_unknown_domains(unbound: peers.Unbound) -> None:  # noqa: F811
     r = _restrictions(f"127.0.0.1:{unbound.port}")
     assert r.uses_dns
     ok = ("mx1.example.test", "a@example.test", "b@noMX.example.test")
@@ -71,7 +71,7 @@ def test_unknown_domains(unbound: Unbound) -> None:  # noqa: F811
     assert _rcpt(r, "mx1.example.test", "a@example.test", "root@mx.example.com") is None
 
 
-def test_unknown_address_reject_code(unbound: Unbound) -> None:  # noqa: F811
+def test_unknown_address_reject_code(unbound: peers.Unbound) -> None:  # noqa: F811
     r = _restrictions(f"127.0.0.1:{unbound.port}", unknown_address_reject_code=550)
     assert _rcpt(r, "mx1.example.test", "a@example.test", "b@missing.example.test") == (
         "550 5.1.2 <b@missing.example.test>: Recipient address rejected: Domain not found"

@@ -345,11 +345,7 @@ class SmtpAgent:
     async def _open(self, nexthop: str, policy: TLSPolicy, key: tuple[str, str]) -> _Conn:
         """A ready session with the first host that takes one; _SessionFailed if none."""
         p = self._params
-        try:
-            hosts = await mxdns.resolve_nexthop(nexthop, resolver=self._resolver)
-        except mxdns.NexthopError as err:
-            dsn = err.dsn if not err.temporary else _soft(err.dsn)
-            raise _SessionFailed(dsn, err.reason) from None
+        hosts = await self._hosts(nexthop)
         last: _SessionFailed | None = None
         addresses = sessions = 0
         for host in hosts:
@@ -382,6 +378,38 @@ class SmtpAgent:
         if last is None:
             raise _SessionFailed("4.4.3", f"no usable address for {nexthop}")
         raise _SessionFailed(_soft(last.dsn), last.reason)
+
+    async def _hosts(self, nexthop: str) -> list[mxdns.MxHost]:
+        """smtp_host_lookup: `dns` (MX records, then A/AAAA) and/or `native` (the
+        system's resolver, /etc/hosts included: no MX records, as in Postfix)."""
+        methods = self._params.smtp_host_lookup or ("dns",)
+        failure: mxdns.NexthopError | None = None
+        if "dns" in methods:
+            try:
+                return await mxdns.resolve_nexthop(nexthop, resolver=self._resolver)
+            except mxdns.NexthopError as err:
+                failure = err
+        if "native" in methods:
+            try:
+                host, port, _ = mxdns.parse_nexthop(nexthop)
+                infos = await asyncio.get_running_loop().getaddrinfo(
+                    host, port, type=socket.SOCK_STREAM
+                )
+                addrs = tuple(dict.fromkeys(str(info[4][0]) for info in infos))
+                if addrs:
+                    return [mxdns.MxHost(host, 0, addrs, port)]
+            except (OSError, ValueError) as exc:
+                if failure is None:
+                    unknown = getattr(exc, "errno", None) in (socket.EAI_NONAME, socket.EAI_NODATA)
+                    failure = mxdns.NexthopError(
+                        not unknown,
+                        "5.4.4" if unknown else "4.4.3",
+                        f"Host or domain name not found. Name service error for name={nexthop}"
+                        f" type=A: {'Host not found' if unknown else 'Host not found, try again'}",
+                    )
+        assert failure is not None
+        dsn = failure.dsn if not failure.temporary else _soft(failure.dsn)
+        raise _SessionFailed(dsn, failure.reason)
 
     async def _connect(self, host: str, addr: str, port: int, key: tuple[str, str]) -> _Conn:
         try:
