@@ -151,17 +151,36 @@ class Delivery:
     smtp: SmtpAgent
 
 
+def _where(config: Config, parameter: str) -> str:
+    """main.cf:line of a parameter's setting (just main.cf for a default)."""
+    setting = config.settings.get(parameter)
+    return setting.where if setting else f"{config.params.config_directory}/main.cf"
+
+
 def build_delivery(config: Config, log: MailLog) -> Delivery:
     """The delivery agents of main.cf; StartupError naming file:line if one cannot start."""
     params = config.params
+    unsupported = [
+        (name, text)
+        for name, text in (
+            ("smtp_sasl_auth_enable", "SASL authentication towards servers"),
+            ("smtp_tls_wrappermode", "implicit TLS towards servers"),
+        )
+        if getattr(params, name)
+    ]
+    if unsupported:
+        raise StartupError(
+            [
+                f"{_where(config, name)}: {name} = yes: {text} is not supported yet"
+                for name, text in unsupported
+            ]
+        )
     try:
         resolver = AddressResolver.from_params(params)
         local = LocalAgent(params, resolver)
         smtp = SmtpAgent(params, log)
     except TLSConfigError as exc:
-        setting = config.settings.get(exc.parameter)
-        where = setting.where if setting else f"{config.params.config_directory}/main.cf"
-        raise StartupError([f"{where}: {exc}"]) from None
+        raise StartupError([f"{_where(config, exc.parameter)}: {exc}"]) from None
     except (ValueError, OSError) as exc:  # a lookup table that cannot be opened
         raise StartupError([f"{config.params.config_directory}/main.cf: {exc}"]) from None
     return Delivery(

@@ -210,6 +210,8 @@ def test_mx_lookup_and_secure_level_through_a_real_name_server(
         )
         server = postwall_factory(
             params={
+                # The test default myhostname is in postwall.test; here that domain is remote.
+                "myhostname": "relay.example.net",
                 "transport_maps": f"inline:{{ postwall.test=smtp:postwall.test:{rx.port} }}",
                 "postwall_dns_servers": f"127.0.0.1:{dns.port}",
                 "smtp_tls_security_level": "secure",
