@@ -298,3 +298,31 @@ def test_bare_newlines_in_a_queued_message_never_reach_the_wire(
     body = peer.connections[0].data[0]
     assert re.search(rb"[^\r]\n", body) is None and re.search(rb"\r[^\n]", body) is None
     assert body.count(b"\r\n.\r\n") == 1 and body.endswith(b"\r\n.\r\n")
+
+
+def test_delay_warning_then_expiry_returns_the_message(
+    postwall_factory: Callable[..., peers.PostwallServer], scripted: Callable[..., ScriptedPeer]
+) -> None:
+    """delay_warning_time sends one "still being retried" notice; past
+    maximal_queue_lifetime the message is returned with the last reason and removed."""
+
+    def script(c: ScriptedConnection, n: int) -> None:
+        c.reply("421 4.3.2 scripted.test Service not available, try later")
+
+    peer = scripted(script)
+    server = _server(postwall_factory, peer, delay_warning_time="2s", maximal_queue_lifetime="6s")
+    qid = _send(server, "late.one")
+    server.wait_log(rf"bounce\[\d+\]: {qid}: sender delay notification: \w+")
+    server.wait_log(
+        rf"qmgr\[\d+\]: {qid}: from=<root@localhost>, status=expired, returned to sender"
+    )
+    server.wait_log(rf"bounce\[\d+\]: {qid}: sender non-delivery notification: \w+")
+    server.wait_log(rf"qmgr\[\d+\]: {qid}: removed")
+    notices = peers.wait_maildir(server.maildir("root"), 2, detail=server.log_text)
+    parsed = [email.message_from_bytes(n, policy=email.policy.default) for n in notices]
+    subjects = sorted(str(m["Subject"]) for m in parsed)
+    assert subjects == ["Delayed Mail (still being retried)", "Undelivered Mail Returned to Sender"]
+    text = re.sub(r"\r?\n[ \t]+", " ", b"\n".join(notices).decode())  # unfold
+    assert "Action: delayed" in text and "Action: failed" in text
+    assert "refused to talk to me: 421 4.3.2 scripted.test Service not available" in text
+    assert len(re.findall(rf"{qid}: sender delay notification", server.log_text())) == 1
