@@ -308,7 +308,7 @@ class Master:
         loop.add_signal_handler(signal.SIGUSR1, lambda: loop.create_task(self.qmgr.flush()))
         # sendmail's "look at incoming/ now" (Postfix's public/qmgr); only a hint.
         try:
-            wake_sock = wakeup.listen(params.queue_directory, self.qmgr.wake)
+            wake_sock = wakeup.listen(params.queue_directory, self.qmgr.wake, self.qmgr.flush_site)
         except OSError as exc:
             wake_sock = None
             self.log.warning("master", f"wake-up socket {params.queue_directory}: {exc}")

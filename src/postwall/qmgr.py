@@ -223,6 +223,31 @@ class QueueManager:
         self._start_batch(await self._store.scan("incoming"), "incoming", again=True)
         self._start_batch(await self._store.scan("deferred"), "deferred", again=True)
 
+    def flush_site(self, site: str) -> None:
+        """Deliver now what waits in deferred/ for `site` (postqueue -s, ETRN)."""
+        asyncio.get_running_loop().create_task(self._flush_site(site.lower().rstrip(".")))
+
+    async def _flush_site(self, site: str) -> None:
+        # As Postfix's flush service, which asks qmgr to flush dead destinations too:
+        # the site's mail may go through a relayhost throttled by an earlier failure.
+        for entry in self._sites.values():
+            entry.revive()
+
+        def matching() -> list[str]:
+            found = []
+            for qid in self._store.scan_sync("deferred"):
+                try:
+                    with self._store.load_sync(qid, "deferred") as msg:
+                        rcpts = msg.envelope.recipients
+                except (OSError, CorruptQueueFile):
+                    continue
+                domains = {r.address.rpartition("@")[2].lower() for r in rcpts if not r.done}
+                if site in domains:
+                    found.append(qid)
+            return found
+
+        self._start_batch(await asyncio.to_thread(matching), "deferred", again=True)
+
     async def _scan_all(self) -> None:
         await self._scan_state("incoming")
         self._start_batch(await self._store.scan("deferred", due=time.time()), "deferred")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import email
 import email.policy
 import re
+import smtplib
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -326,3 +327,47 @@ def test_delay_warning_then_expiry_returns_the_message(
     assert "Action: delayed" in text and "Action: failed" in text
     assert "refused to talk to me: 421 4.3.2 scripted.test Service not available" in text
     assert len(re.findall(rf"{qid}: sender delay notification", server.log_text())) == 1
+
+
+def test_postqueue_s_and_etrn_deliver_one_site_now(
+    postwall_factory: Callable[..., peers.PostwallServer], scripted: Callable[..., ScriptedPeer]
+) -> None:
+    """With an hour of backoff, only `postqueue -s site` or ETRN brings the mail back."""
+    refused = {"left": 1}
+
+    def script(c: ScriptedConnection, n: int) -> None:
+        if refused["left"] > 0:
+            refused["left"] -= 1
+            c.reply("421 4.3.2 scripted.test busy")
+            return
+        c.reply("220 scripted.test ESMTP")
+        c.ehlo("8BITMIME")
+        c.accept_mail()
+
+    peer = scripted(script)
+    server = _server(
+        postwall_factory,
+        peer,
+        minimal_backoff_time="3600s",
+        maximal_backoff_time="4000s",
+        smtp_connection_cache_on_demand="no",  # each attempt is a new session
+    )
+    deferred = STATUS.format(
+        qid="{qid}", rcpt="bob@remote.test", relay="none", dsn="4.3.2", status="deferred"
+    )
+    sent = STATUS.format(
+        qid="{qid}", rcpt="bob@remote.test", relay=_relay(peer), dsn="2.0.0", status="sent"
+    )
+    first = _send(server, "site.flush")
+    server.wait_log(deferred.format(qid=first))
+    res = peers.run_postwall("postqueue", "-c", str(server.config_dir), "-s", "remote.test")
+    assert (res.returncode, res.stderr) == (0, "")
+    server.wait_log(sent.format(qid=first))
+
+    refused["left"] = 1
+    second = _send(server, "etrn.flush")
+    server.wait_log(deferred.format(qid=second))
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as s:
+        s.ehlo("client.postwall.test")
+        assert s.docmd("ETRN", "remote.test") == (250, b"Queuing started")
+    server.wait_log(sent.format(qid=second))

@@ -12,6 +12,8 @@ Contract:
   when nobody listens (no server running, or a stale socket), True otherwise.  A
   wake-up is only a hint: the directory is the truth, and the queue manager's
   periodic scan finds whatever a lost wake-up left behind.
+- `notify(directory, site=...)` (postqueue -s, smtpd's ETRN): "deliver what waits for
+  this site now"; `listen`'s `on_site(site)` gets it (Postfix's flush service).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from postwall import fsutil
 
 PUBLIC = "public"
 QMGR = "qmgr"
-_MAX_DATAGRAM = 64  # the content is ignored; a datagram is one wake-up
+_MAX_DATAGRAM = 512  # b"W" is a wake-up; b"S" + domain asks for one site's mail
 
 
 def socket_path(directory: str | os.PathLike[str]) -> Path:
@@ -45,7 +47,11 @@ def _short_name(directory: str | os.PathLike[str]) -> Iterator[str]:
         os.close(fd)
 
 
-def listen(directory: str | os.PathLike[str], on_wake: Callable[[], None]) -> socket.socket:
+def listen(
+    directory: str | os.PathLike[str],
+    on_wake: Callable[[], None],
+    on_site: Callable[[str], None] | None = None,
+) -> socket.socket:
     """Bind the wake-up socket and register it with the running loop."""
     path = socket_path(directory)
     fsutil.ensure_dir(path.parent, 0o710)
@@ -63,16 +69,23 @@ def listen(directory: str | os.PathLike[str], on_wake: Callable[[], None]) -> so
 
     def readable() -> None:
         woken = False
+        sites: set[str] = set()
         while True:  # drain: a burst of submissions is one scan
             try:
-                sock.recv(_MAX_DATAGRAM)
+                data = sock.recv(_MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
                 break
-            woken = True
+            site = data[1:].decode("ascii", "replace").strip().lower()
+            if data[:1] == b"S" and site and on_site is not None:
+                sites.add(site)
+            else:
+                woken = True
         if woken:
             on_wake()
+        for site in sorted(sites):
+            on_site(site)  # type: ignore[misc]
 
     asyncio.get_running_loop().add_reader(sock.fileno(), readable)
     return sock
@@ -86,13 +99,13 @@ def close(sock: socket.socket, directory: str | os.PathLike[str]) -> None:
         os.unlink(socket_path(directory))
 
 
-def notify(directory: str | os.PathLike[str]) -> bool:
-    """One wake-up datagram to a running master; False if none listens."""
+def notify(directory: str | os.PathLike[str], site: str | None = None) -> bool:
+    """One wake-up (or site flush) datagram to a running master; False if none listens."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
         sock.setblocking(False)
         try:
             with _short_name(directory) as name:
-                sock.sendto(b"W", name)
+                sock.sendto(b"S" + site.encode("ascii") if site else b"W", name)
         except BlockingIOError:
             return True  # its buffer is full of wake-ups already: it will scan
         except OSError:  # no socket (ENOENT), nobody bound to it (ECONNREFUSED)

@@ -30,6 +30,7 @@ from postwall.cleanup import Cleanup, Submission
 from postwall.config.network import Networks
 from postwall.config.params import Params
 from postwall.log import MailLog
+from postwall.queue import wakeup
 from postwall.queue.records import Recipient
 from postwall.resolve import AddressResolver, internal_form
 from postwall.sasl.dovecot import DovecotError
@@ -531,6 +532,11 @@ class SmtpSession(asyncio.Protocol):
             if decision.reply is not None:
                 self._reject("ETRN", decision.reply)
             else:
+                # RFC 1985: start delivering what waits for the domain (the queue manager's
+                # site flush, as postqueue -s); "250 Queuing started" either way.
+                domain = event.domain.lstrip("@#").strip()
+                if domain and domain.isascii() and not any(c in domain for c in " \t@"):
+                    wakeup.notify(self.params.queue_directory, site=domain)
                 self.conn.accept()
 
         self._decide(self.svc.restrictions.etrn(self.client, event.domain), then)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from postwall.config import Config
 from postwall.log import SYSLOG_SOCKET, MailLog
-from postwall.queue import CorruptQueueFile, QueueStore, State, is_queue_id
+from postwall.queue import CorruptQueueFile, QueueStore, State, is_queue_id, wakeup
 
 from . import ToolError, add_config_option, load_config, warn
 from .control import master_pid, wake_master
@@ -75,7 +75,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     action.add_argument("-j", action="store_true", help="list the queue as JSON, one per line")
     action.add_argument("-f", action="store_true", help="flush: attempt all deferred mail now")
     action.add_argument("-i", metavar="ID", help="attempt delivery of one message now")
-    action.add_argument("-s", metavar="SITE", help="flush one destination (not supported)")
+    action.add_argument("-s", metavar="SITE", help="deliver what waits for one site now")
     q.set_defaults(func=cmd_postqueue)
 
     s = sub.add_parser(
@@ -189,7 +189,13 @@ def cmd_mailq(args: argparse.Namespace) -> int:
 
 def cmd_postqueue(args: argparse.Namespace) -> int:
     if args.s:
-        raise ToolError("postqueue -s: per-destination flush is not supported yet")
+        site = args.s.strip().lower()
+        if not site or any(c in site for c in " \t\r\n@") or not site.isascii():
+            raise ToolError(f"invalid site name: {args.s}")
+        config = load_config(args.config_dir)
+        if not wakeup.notify(config.params.queue_directory, site=site):
+            raise ToolError("Cannot flush mail queue - mail system is down")
+        return 0
     if args.p:
         return cmd_mailq(args)
     config = load_config(args.config_dir)
