@@ -1,5 +1,8 @@
 """Property tests for the SMTP core: arbitrary input never breaks it.
 
+CI runs a few hundred examples; a longer run multiplies them, e.g.
+`POSTWALL_FUZZ_SCALE=200 python3 -m pytest tests/fuzz` (about 40,000 examples).
+
 Invariants checked on random bytes and on random command sequences split at
 random points: no exception escapes, every byte sent is a well-formed SMTP
 reply line, nothing is sent after the session closed, the counters stay
@@ -9,6 +12,7 @@ consistent, and the replies do not depend on how the input was split.
 from __future__ import annotations
 
 import itertools
+import os
 import re
 
 from hypothesis import given, settings
@@ -18,6 +22,7 @@ from postwall.smtp.events import Message
 from postwall.smtp.replies import Reply
 from postwall.smtp.server import CLOSED, NEED_DATA, ServerConnection, ServerSettings
 
+SCALE = int(os.environ.get("POSTWALL_FUZZ_SCALE", "1"))
 REPLY_LINE = re.compile(rb"[2-5]\d\d[ -][^\r\n]*\r\n")
 SETTINGS = ServerSettings(
     myhostname="vm",
@@ -96,7 +101,7 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
     return [p for p in pieces if p]
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=80 * SCALE, deadline=None)
 @given(st.binary(max_size=600), st.lists(st.integers(0, 10**6), max_size=8))
 def test_random_bytes(data: bytes, cuts: list[int]) -> None:
     out, conn = drive(split(data, cuts), [True])
@@ -141,7 +146,7 @@ COMMANDS = st.sampled_from(
 )
 
 
-@settings(max_examples=120, deadline=None)
+@settings(max_examples=120 * SCALE, deadline=None)
 @given(
     st.lists(COMMANDS, max_size=25),
     st.lists(st.integers(0, 10**6), max_size=10),
