@@ -230,3 +230,30 @@ def test_mx_lookup_and_secure_level_through_a_real_name_server(
         _find(rx, "bob", "out.mx.secure")
     finally:
         dns.stop()
+
+
+def test_client_tls_session_is_resumed_on_the_next_connection(
+    postwall_factory: Callable[..., peers.PostwallServer],
+    shared_postfix_receiver: peers.PostfixInstance,
+) -> None:
+    """smtp_tls_session_cache_database set: the second connection resumes the first
+    one's session (TLS 1.3 ticket from Postfix), as Postfix's client does."""
+    rx = shared_postfix_receiver
+    server = postwall_factory(
+        params=_relay_params(
+            rx,
+            smtp_tls_security_level="may",
+            smtp_tls_loglevel="2",
+            smtp_connection_cache_on_demand="no",
+            smtp_tls_session_cache_database="btree:${data_directory}/smtp_scache",
+        )
+    )
+    relay = rf"127\.0\.0\.1\[127\.0\.0\.1\]:{rx.port}"
+    for n in (1, 2):
+        qid = _send(server, f"out.resume.{n}")
+        server.wait_log(
+            STATUS_RE.format(
+                qid=qid, rcpt="bob@example.test", relay=relay, dsn="2.0.0", status="sent"
+            )
+        )
+    assert server.log_text().count(f"127.0.0.1[127.0.0.1]:{rx.port}: Reusing old session") == 1

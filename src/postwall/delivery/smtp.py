@@ -127,6 +127,7 @@ class _Conn:
     port: int
     key: tuple[str, str]  # the cache key: (next hop, policy) it was opened for
     tls: TLSSession | None = None
+    session_key: tuple[str, int, str] | None = None  # client TLS session cache entry
     uses: int = 0
     opened: float = field(default_factory=time.monotonic)
 
@@ -557,9 +558,17 @@ class SmtpAgent:
         if policy.level in ("verify", "secure") and info.trust != "Verified":
             raise _SessionFailed("4.7.5", "Server certificate not verified")
         if p.smtp_tls_session_cache_database:
-            session = tls.get_session()
-            if session is not None:
-                self._tls_sessions[cache_key] = (time.monotonic(), session)
+            conn.session_key = cache_key
+            self._remember(conn)
+
+    def _remember(self, conn: _Conn) -> None:
+        """Keep the session for resumption; called again after a transaction, when a
+        TLS 1.3 server's ticket (sent after the handshake) has been read."""
+        if conn.tls is None or conn.session_key is None:
+            return
+        session = conn.tls.get_session()
+        if session is not None:
+            self._tls_sessions[conn.session_key] = (time.monotonic(), session)
 
     def _resumable(self, key: tuple[str, int, str]) -> SSL.Session | None:
         entry = self._tls_sessions.get(key)
@@ -634,6 +643,7 @@ class SmtpAgent:
                     )
             return results
         assert isinstance(ev, TransactionDone)
+        self._remember(conn)
         if not (ev.reusable and self._keep(conn)):
             await self._quit(conn)
         return [self._result(r, conn, conn_time, xfer) for r in ev.results]
