@@ -559,6 +559,18 @@ class SmtpSink:
 # --- unbound: a real name server on loopback --------------------------------------------------
 
 
+# postwall.test with one MX, mx.postwall.test (TestCerts.MX_NAME) at 127.0.0.1.
+POSTWALL_TEST_ZONE = """\
+$ORIGIN postwall.test.
+$TTL 300
+@ IN SOA ns.postwall.test. hostmaster.postwall.test. 1 3600 600 86400 300
+@ IN NS ns.postwall.test.
+ns IN A 127.0.0.1
+@ IN MX 10 mx.postwall.test.
+mx IN A 127.0.0.1
+"""
+
+
 class Unbound:
     """A private unbound on 127.0.0.1:`port` serving `zones` ({origin: zone file text}) as
     authoritative auth-zones (so CNAME chains are answered as a real server does), refusing

@@ -20,7 +20,6 @@ Called by the outbound delivery agent (layer 3); layer 2, no configuration knowl
 
 from __future__ import annotations
 
-import ipaddress
 import random
 from dataclasses import dataclass
 
@@ -30,6 +29,8 @@ import dns.name
 import dns.nameserver
 import dns.rdatatype
 import dns.resolver
+
+from postwall.config.network import is_ip
 
 __all__ = [
     "MxHost",
@@ -74,7 +75,7 @@ def parse_nameserver(spec: str, default_port: int = 53) -> tuple[str, int]:
         if not p.isdigit():
             raise ValueError(f"bad name server: {spec!r}")
         port = int(p)
-    if not _is_ip(host):
+    if not is_ip(host):
         raise ValueError(f"name server must be an IP address: {spec!r}")
     if not 0 < port < 65536:
         raise ValueError(f"bad name server port: {spec!r}")
@@ -126,15 +127,7 @@ def parse_nexthop(nexthop: str, default_port: int = 25) -> tuple[str, int, bool]
         mx = True
     if not 0 < port < 65536:
         raise ValueError(f"bad port in next hop: {nexthop!r}")
-    return host.rstrip(".") if not _is_ip(host) else host, port, mx
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
+    return host.rstrip(".") if not is_ip(host) else host, port, mx
 
 
 def _not_found(name: str, rtype: str) -> NexthopError:
@@ -222,7 +215,7 @@ async def resolve_nexthop(
         host, dport, mx = parse_nexthop(nexthop, default_port)
     except ValueError as err:
         raise NexthopError(False, "5.4.4", f"Name service error for {nexthop}: {err}") from None
-    if _is_ip(host):
+    if is_ip(host):
         return [MxHost(host, 0, (host,), dport)]
     try:
         dns.name.from_text(host)

@@ -180,17 +180,6 @@ def test_verify_checks_the_server_name(
     assert line.group("text") == "Server certificate not verified"
 
 
-ZONE = """\
-$ORIGIN postwall.test.
-$TTL 300
-@ IN SOA ns.postwall.test. hostmaster.postwall.test. 1 3600 600 86400 300
-@ IN NS ns.postwall.test.
-ns IN A 127.0.0.1
-@ IN MX 10 mx.postwall.test.
-mx IN A 127.0.0.1
-"""
-
-
 def test_mx_lookup_and_secure_level_through_a_real_name_server(
     postwall_factory: Callable[..., peers.PostwallServer],
     postfix_factory: Callable[..., peers.PostfixInstance],
@@ -200,7 +189,7 @@ def test_mx_lookup_and_secure_level_through_a_real_name_server(
     """MX records from unbound on loopback, the MX's certificate (mx.postwall.test)
     checked at `secure` against nexthop/dot-nexthop, as Postfix's defaults do."""
     (tmp_path / "dns").mkdir()
-    dns = peers.Unbound(tmp_path / "dns", {"postwall.test": ZONE}).start()
+    dns = peers.Unbound(tmp_path / "dns", {"postwall.test": peers.POSTWALL_TEST_ZONE}).start()
     try:
         rx = postfix_factory(
             "receiver",

@@ -274,21 +274,10 @@ def test_refused_connection(confdir: Path) -> None:
     assert one_error_line(ours).startswith(f"postwall: fatal: no session with {dest}: connect to")
 
 
-ZONE = """\
-$ORIGIN postwall.test.
-$TTL 300
-@ IN SOA ns.postwall.test. hostmaster.postwall.test. 1 3600 600 86400 300
-@ IN NS ns.postwall.test.
-ns IN A 127.0.0.1
-@ IN MX 10 mx.postwall.test.
-mx IN A 127.0.0.1
-"""
-
-
 @pytest.fixture
 def unbound(tmp_path: Path) -> Iterator[peers.Unbound]:
     (tmp_path / "unbound").mkdir()
-    dns = peers.Unbound(tmp_path / "unbound", {"postwall.test": ZONE})
+    dns = peers.Unbound(tmp_path / "unbound", {"postwall.test": peers.POSTWALL_TEST_ZONE})
     try:
         yield dns.start()
     finally:

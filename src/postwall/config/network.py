@@ -22,6 +22,15 @@ LOOPBACK = ("127.0.0.0/8", "[::1]/128")
 _STYLES = ("host", "subnet", "class")
 
 
+def is_ip(text: str) -> bool:
+    """True for an IPv4 or IPv6 address literal (no brackets, no prefix length)."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 class NetworkError(ValueError):
     pass
 

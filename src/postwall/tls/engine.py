@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,6 +33,8 @@ from cryptography.x509.oid import NameOID
 from OpenSSL import SSL, crypto
 from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _lib
+
+from postwall.config.network import is_ip
 
 LogFn = Callable[[str], None]
 
@@ -222,14 +223,6 @@ def _sig_params(cert: crypto.X509 | None, reused: bool) -> tuple[str, str, int, 
     if isinstance(key, ed448.Ed448PublicKey):
         return "ED448", "", 0, ""
     return "", "", 0, ""
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def name_matches(pattern: str, name: str) -> bool:
@@ -521,7 +514,7 @@ class TLSSession:
                 # error (X509_V_ERR_HOSTNAME_MISMATCH, or IP_ADDRESS_MISMATCH when every
                 # name to match is an address) wins over an untrusted issuer further up.
                 trust = "Untrusted"
-                ip_only = all(_is_ip(n) for n in self.match_names)
+                ip_only = all(is_ip(n) for n in self.match_names)
                 self._verify_message = (
                     f"server certificate verification failed for {self.peer}: "
                     + ("num=64:IP address mismatch" if ip_only else "num=62:hostname mismatch")

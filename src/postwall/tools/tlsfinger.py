@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import hashlib
-import ipaddress
 import os
 import socket
 import ssl
@@ -49,6 +48,7 @@ from OpenSSL import SSL, crypto
 
 from postwall import embedded
 from postwall.config import ConfigError, default_params, load
+from postwall.config.network import is_ip
 from postwall.config.params import Params
 from postwall.dns import MxHost, NexthopError, make_resolver, parse_nexthop, resolve_nexthop
 from postwall.smtp.client import (
@@ -745,7 +745,7 @@ def resolve(opts: Options, destination: str) -> tuple[str, list[MxHost]]:
         resolver = make_resolver(opts.nameservers or None, timeout=opts.conn_timeout)
     except ValueError as exc:
         raise ToolError(f"{exc} (--nameserver or postwall_dns_servers)") from None
-    if _is_ip(host):
+    if is_ip(host):
         return host, [MxHost(host, 0, (host,), port)]
     error: NexthopError | None = None
     for method in opts.lookups:
@@ -761,14 +761,6 @@ def resolve(opts: Options, destination: str) -> tuple[str, list[MxHost]]:
             error = error or exc
     assert error is not None
     raise error
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 # -- the report ----------------------------------------------------------------------
