@@ -246,3 +246,25 @@ def test_client_tls_session_is_resumed_on_the_next_connection(
             )
         )
     assert server.log_text().count(f"127.0.0.1[127.0.0.1]:{rx.port}: Reusing old session") == 1
+
+
+def test_none_notes_the_starttls_offer_as_postfix(
+    postwall_factory: Callable[..., peers.PostwallServer],
+    shared_postfix_receiver: peers.PostfixInstance,
+) -> None:
+    """smtp_tls_note_starttls_offer logs the offers TLS level none leaves unused."""
+    rx = shared_postfix_receiver
+    server = postwall_factory(
+        params=_relay_params(rx, smtp_tls_security_level="none", smtp_tls_note_starttls_offer="yes")
+    )
+    qid = _send(server, "out.none.offer")
+    relay = rf"127\.0\.0\.1\[127\.0\.0\.1\]:{rx.port}"
+    server.wait_log(
+        STATUS_RE.format(qid=qid, rcpt="bob@example.test", relay=relay, dsn="2.0.0", status="sent")
+    )
+    assert "postfix-postwall/smtp" in server.wait_log(
+        r".*: Host offered STARTTLS: \[127\.0\.0\.1\]$"
+    ).group(0)
+    assert "TLS connection established to" not in server.log_text()
+    msg = _find(rx, "bob", "out.none.offer")
+    assert b"(using TLS" not in msg.split(b"\r\n\r\n", 1)[0].split(b"Received:")[1]
