@@ -206,8 +206,8 @@ def test_bad_queue_ids_fail_with_one_line(server: peers.PostwallServer) -> None:
     assert (
         res.returncode == 1 and res.stderr == "postwall: fatal: ABCDEF12345: no such queue file\n"
     )
-    res = postwall("postqueue", "-c", cdir, "-s", "remote.test")
-    assert res.returncode == 1 and "not supported" in res.stderr
+    res = postwall("postqueue", "-c", cdir, "-s", "bad site@x")
+    assert (res.returncode, res.stderr) == (1, "postwall: fatal: invalid site name: bad site@x\n")
     assert len(queue_json(server.config_dir)) == 2  # nothing was touched
 
 
