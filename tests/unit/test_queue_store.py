@@ -302,10 +302,10 @@ def test_startup_removes_temp_files_of_dead_processes(tmp_path: Path) -> None:
 def test_write_error_fails_commit_and_leaves_nothing(
     store: QueueStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def failing_write(fd: int, data: object) -> None:
+    def failing_write(fd: int, parts: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(store_mod.fsutil, "write_all", failing_write)
+    monkeypatch.setattr(store_mod.fsutil, "writev_all", failing_write)
     with pytest.raises(OSError, match="No space"):
         store.commit_sync(envelope(), b"x\r\n")
     assert names(store.directory / "incoming") == []

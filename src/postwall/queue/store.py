@@ -321,8 +321,7 @@ def _write_and_fsync(job: _Job) -> OSError | None:
     except OSError as exc:
         return exc
     try:
-        for part in job.parts:
-            fsutil.write_all(fd, part)
+        fsutil.writev_all(fd, job.parts)
         os.fsync(fd)
     except OSError as exc:
         return exc
