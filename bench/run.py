@@ -349,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     if "fsync" in args.scenarios:
         results["fsync"] = servers.durable_commit_rate(args.fsync_dir)
     workdir = Path(tempfile.mkdtemp(prefix="postwall-bench-"))
+    # Run as root, postwall drops to mail_owner, which must reach its queue and data
+    # directories inside (mkdtemp makes the directory 0700); the private key stays 0600.
+    workdir.chmod(0o755)
     ok = True
     try:
         certs = servers.make_certs(workdir, args.key_type)

@@ -35,6 +35,7 @@ import ctypes.util
 import errno
 import os
 import secrets
+from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = [
@@ -45,9 +46,11 @@ __all__ = [
     "fsync_dir",
     "rename_noreplace",
     "write_all",
+    "writev_all",
 ]
 
 _AT_FDCWD = -100
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
 _RENAME_NOREPLACE = 1
 
 
@@ -97,6 +100,22 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
     while view:
         n = os.write(fd, view)
         view = view[n:]
+
+
+def writev_all(fd: int, parts: Sequence[bytes | memoryview]) -> None:
+    """Write `parts` in order with as few writev(2) calls as the kernel allows (a queue
+    file is a dozen small records and the content: one system call, not a dozen)."""
+    views = [memoryview(p).cast("B") for p in parts if len(p)]
+    i = 0
+    while i < len(views):
+        n = os.writev(fd, views[i : i + _IOV_MAX])
+        while n and i < len(views):  # skip what was written; a short write resumes mid-part
+            size = len(views[i])
+            if n < size:
+                views[i] = views[i][n:]
+                break
+            n -= size
+            i += 1
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:

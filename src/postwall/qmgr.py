@@ -14,12 +14,14 @@ computed from its age as Postfix does; a queue file that cannot be parsed goes t
 corrupt/ with a log line and never stops the scheduler.  After a crash a
 recipient may be delivered twice, never zero times.
 
-Cost per message: the wake-ups of one group-commit batch are taken together and
-handled in one worker-thread call.  A message whose recipients all go to a
-non-blocking transport (discard) is delivered and removed inside that call, from
-the envelope cleanup handed over with the wake-up (no re-read of the file);
-every other message is moved to active/ and loaded there, then delivered by
-the agents on the event loop.
+Cost per message: the wake-ups of one group-commit batch are taken together.  A
+message whose recipients all go to a non-blocking transport (discard) is delivered
+on the event loop from the envelope cleanup handed over with the wake-up (no
+re-read of the file) and unlinked from incoming/ by the queue's commit writer
+thread (`QueueStore.unlink_fresh`), which is awake for the commits anyway; thread
+hand-offs, not the work, were the largest cost per message.  Every other message
+is moved to active/ and loaded there in one worker-thread call per batch, then
+delivered by the agents on the event loop.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from postwall.resolve import AddressResolver, Destination
 
 @dataclass(slots=True)
 class _Attempt:
-    """One message a worker thread took up: loaded into active/, or finished there."""
+    """One message taken up: loaded into active/, or finished (removed)."""
 
     qid: str
     msg: QueuedMessage | None = None
@@ -141,8 +143,8 @@ class QueueManager:
         self._log = log
         self._resolver = resolver
         self._agents = agents
-        # Transports that never block (discard): delivered in the same worker-thread
-        # call that activates and loads the message, so such a message costs one hop.
+        # Transports that never block (discard): delivered without a thread of their
+        # own (see the module docstring).
         self._sync_agents = sync_agents or {}
         self._wakeups: asyncio.Queue[str | None] = asyncio.Queue()
         # Envelopes handed over by cleanup with their wake-up: exactly what the
@@ -277,7 +279,20 @@ class QueueManager:
         self, qids: list[str], state: State, known: dict[str, Envelope]
     ) -> None:
         try:
-            attempts = await asyncio.to_thread(self._activate_batch, qids, state, known)
+            attempts = self._deliver_fresh(qids, known)
+            if attempts:
+                # Delivered on the loop; only the unlinks need a thread, the commit
+                # writer's, so the message costs no hand-off of its own.
+                errors = await self._store.unlink_fresh([a.qid for a in attempts])
+                for attempt, error in zip(attempts, errors, strict=True):
+                    if error is None:
+                        attempt.removed = True
+                    else:  # left in incoming/: the next scan delivers it again
+                        attempt.error, attempt.outcomes = error, []
+            done = {a.qid for a in attempts}
+            rest = [q for q in qids if q not in done]
+            if rest:
+                attempts += await asyncio.to_thread(self._activate_batch, rest, state)
         except BaseException:
             self._in_flight.difference_update(qids)
             raise
@@ -293,7 +308,7 @@ class QueueManager:
                 task.add_done_callback(self._tasks.discard)
 
     async def _settle(self, attempt: _Attempt, state: State) -> None:
-        """A message the worker thread could not load, or finished completely."""
+        """A message that could not be loaded, or that was finished completely."""
         qid, exc = attempt.qid, attempt.error
         if isinstance(exc, CorruptQueueFile):
             self._log.warning("qmgr", logfmt.corrupt_queue_file(qid, str(exc)))
@@ -319,9 +334,7 @@ class QueueManager:
                 )
             self._log.info("qmgr", logfmt.removed(qid))
 
-    def _activate_batch(
-        self, qids: list[str], state: State, known: dict[str, Envelope]
-    ) -> list[_Attempt]:
+    def _activate_batch(self, qids: list[str], state: State) -> list[_Attempt]:
         """Worker thread: finish each message whose every pending recipient goes to a
         non-blocking transport; activate and load the others for the loop thread."""
         attempts = []
@@ -329,9 +342,6 @@ class QueueManager:
             attempt = _Attempt(qid)
             attempts.append(attempt)
             try:
-                envelope = known.get(qid)
-                if envelope is not None and self._deliver_fresh(attempt, envelope, state):
-                    continue
                 attempt.msg = self._activate(qid, state)
                 attempt.active_time = time.time()
                 self._deliver_sync(attempt)
@@ -341,25 +351,34 @@ class QueueManager:
                 attempt.msg.close()
         return attempts
 
-    def _deliver_fresh(self, attempt: _Attempt, envelope: Envelope, state: State) -> bool:
-        """A just-committed message for non-blocking transports only: delivered from
-        the envelope cleanup handed over, then unlinked straight from incoming/ (it
-        would stay in active/ for no measurable time; a crash before the unlink
-        leaves it in incoming/, delivered again at start-up: at worst twice)."""
-        plan = self._sync_plan(envelope)
-        if plan is None:
-            return False
-        msg = QueuedMessage(envelope, state, self._store.path(state, attempt.qid), 0, 0)
-        attempt.msg = msg
-        attempt.active_time = time.time()
-        outcomes = self._run_sync(msg, plan)
-        if outcomes is None:
-            attempt.msg = None
-            return False
-        self._store.remove_sync(attempt.qid, state, durable=False)
-        attempt.outcomes = outcomes
-        attempt.removed = True
-        return True
+    def _deliver_fresh(self, qids: list[str], known: dict[str, Envelope]) -> list[_Attempt]:
+        """Just-committed messages for non-blocking transports only, delivered from the
+        envelope cleanup handed over; the caller unlinks them straight from incoming/
+        (they would stay in active/ for no measurable time; a crash before the unlink
+        leaves them in incoming/, delivered again at start-up: at worst twice).  The
+        others take the worker-thread path, which loads them from disk."""
+        attempts = []
+        for qid in qids:
+            envelope = known.get(qid)
+            if envelope is None:
+                continue
+            attempt = _Attempt(qid)
+            try:
+                plan = self._sync_plan(envelope)
+                if plan is None:
+                    continue
+                attempt.msg = QueuedMessage(
+                    envelope, "incoming", self._store.path("incoming", qid), 0, 0
+                )
+                attempt.active_time = time.time()
+                outcomes = self._run_sync(attempt.msg, plan)
+            except Exception:  # the worker-thread path tries again and reports it
+                continue
+            if outcomes is None:
+                continue
+            attempt.outcomes = outcomes
+            attempts.append(attempt)
+        return attempts
 
     def _sync_plan(self, env: Envelope) -> list[tuple[int, Destination, SyncAgent]] | None:
         """Every pending recipient with its non-blocking agent; None if any lacks one."""

@@ -76,6 +76,40 @@ def test_ensure_dir_creates_parents_with_mode(tmp_path: Path) -> None:
         fsutil.ensure_dir(tmp_path / "file")
 
 
+def test_writev_all_writes_every_part_in_order_across_short_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parts: list[bytes | memoryview] = [os.urandom(n) for n in (5, 0, 23, 1000, 1, 7)] * 400
+    parts.append(memoryview(b"tail"))  # more parts than IOV_MAX
+    real_writev = os.writev
+
+    def short_writev(fd: int, buffers: list[memoryview]) -> int:
+        # The kernel may stop early: at most 11 bytes per call here.
+        take, out = 11, []
+        for b in buffers:
+            out.append(b[:take])
+            take -= len(out[-1])
+            if not take:
+                break
+        return real_writev(fd, out)
+
+    fd = fsutil.create_exclusive(tmp_path / "short")
+    try:
+        monkeypatch.setattr(os, "writev", short_writev)
+        fsutil.writev_all(fd, parts)
+        monkeypatch.undo()
+        fd2 = fsutil.create_exclusive(tmp_path / "whole")
+        try:
+            fsutil.writev_all(fd2, parts)
+        finally:
+            os.close(fd2)
+    finally:
+        os.close(fd)
+    expected = b"".join(bytes(p) for p in parts)
+    assert (tmp_path / "short").read_bytes() == expected
+    assert (tmp_path / "whole").read_bytes() == expected
+
+
 def test_write_all_writes_everything(tmp_path: Path) -> None:
     data = os.urandom(3 << 20)
     fd = fsutil.create_exclusive(tmp_path / "big")

@@ -75,7 +75,7 @@ async def _run(store: QueueStore, qmgr: QueueManager, batches: list[list[Envelop
     task.cancel()
 
 
-def test_discard_messages_are_finished_in_the_worker_thread(tmp_path: Path) -> None:
+def test_discard_messages_are_finished_from_the_handed_over_envelope(tmp_path: Path) -> None:
     store = QueueStore(tmp_path / "q")
     log = MailLog(maillog_file=tmp_path / "maillog", pid=7)
     qmgr = QueueManager(

@@ -251,6 +251,18 @@ def test_remove(store: QueueStore) -> None:
         store.load_sync(qid)
 
 
+def test_unlink_fresh_goes_through_the_writer_and_reports_each_file(store: QueueStore) -> None:
+    a, b = (store.commit_sync(envelope(), b"x\r\n") for _ in range(2))
+    store.record_defer_sync(b, {"r0@example.com": "stale reason"})
+    missing = store.new_queue_id()  # reserved, never committed: not in incoming/
+    errors = asyncio.run(store.unlink_fresh([a, b, missing]))
+    assert errors[:2] == [None, None]
+    assert isinstance(errors[2], FileNotFoundError)
+    assert store.locate(a) is None and store.locate(b) is None
+    assert store.defer_reasons_sync(b) == {}
+    assert store.batches == 2  # unlinks are not commit batches
+
+
 def test_quarantine_corrupt_file(store: QueueStore) -> None:
     qid = store.commit_sync(envelope(), b"x\r\n")
     path = store.directory / "incoming" / qid
@@ -290,10 +302,10 @@ def test_startup_removes_temp_files_of_dead_processes(tmp_path: Path) -> None:
 def test_write_error_fails_commit_and_leaves_nothing(
     store: QueueStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def failing_write(fd: int, data: object) -> None:
+    def failing_write(fd: int, parts: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(store_mod.fsutil, "write_all", failing_write)
+    monkeypatch.setattr(store_mod.fsutil, "writev_all", failing_write)
     with pytest.raises(OSError, match="No space"):
         store.commit_sync(envelope(), b"x\r\n")
     assert names(store.directory / "incoming") == []

@@ -36,7 +36,8 @@ Guarantees:
 Reads raise `records.CorruptQueueFile` on a bad file; the caller decides to
 `quarantine` it. Async methods run blocking work off the event loop; the
 `*_sync` methods are for command-line tools and the writer thread.
-Callers: cleanup (commit, reserve), qmgr (scan, load, mark, move, remove),
+Callers: cleanup (commit, reserve), qmgr (scan, load, mark, move, remove,
+unlink_fresh),
 the postqueue/postsuper tools (sync API).
 """
 
@@ -54,7 +55,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from postwall import fsutil
 from postwall.queue import records
@@ -137,6 +138,12 @@ class _Job:
     loop: asyncio.AbstractEventLoop | None = None
 
 
+# (queue file, its deferral-reason file) pairs, the caller's future and loop.
+_Unlinks = tuple[
+    list[tuple[str, str]], asyncio.Future[list[OSError | None]], asyncio.AbstractEventLoop
+]
+
+
 class _GroupCommitter:
     """Writer thread that turns pending commits into batches sharing one dir fsync."""
 
@@ -151,6 +158,10 @@ class _GroupCommitter:
         self._pool = (
             concurrent.futures.ThreadPoolExecutor(workers, "postwall-qfsync") if workers else None
         )
+        # Unlinks of messages the queue manager finished straight from incoming/: this
+        # thread is awake for the commits anyway, so they cost no thread hand-off of
+        # their own.  (paths, future, loop) per request.
+        self._unlinks: list[_Unlinks] = []
         self._thread = threading.Thread(target=self._run, name="postwall-qwriter", daemon=True)
         self._thread.start()
         self.batches = 0  # for tests and statistics
@@ -160,6 +171,18 @@ class _GroupCommitter:
             if self._closed:
                 raise RuntimeError("queue store is closed")
             self._pending.append(job)
+            self._cond.notify()
+
+    def submit_unlinks(
+        self,
+        paths: list[tuple[str, str]],
+        future: asyncio.Future[list[OSError | None]],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("queue store is closed")
+            self._unlinks.append((paths, future, loop))
             self._cond.notify()
 
     def close(self) -> None:
@@ -173,22 +196,30 @@ class _GroupCommitter:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._pending and not self._closed:
+                while not self._pending and not self._unlinks and not self._closed:
                     self._cond.wait()
                 batch, self._pending = self._pending, []
-                if not batch and self._closed:
+                unlinks, self._unlinks = self._unlinks, []
+                if not batch and not unlinks and self._closed:
                     return
-            self.batches += 1
-            outcomes: list[tuple[_Job, str | BaseException]] = []
-            try:
-                self._commit_batch(batch, outcomes)
-            except BaseException as exc:  # a bug must fail the callers, not hang them
-                settled = {id(job) for job, _ in outcomes}
-                for job in batch:
-                    if id(job) not in settled:
-                        outcomes.append((job, exc))
-                        self._store.abandon(job.reservation)
-            _deliver_outcomes(outcomes)
+            if batch:
+                self._commit_and_settle(batch)
+            # After the commits: their sessions wait for a 250, these only for a log line.
+            if unlinks:
+                _unlink_and_settle(unlinks)
+
+    def _commit_and_settle(self, batch: list[_Job]) -> None:
+        self.batches += 1
+        outcomes: list[tuple[_Job, str | BaseException]] = []
+        try:
+            self._commit_batch(batch, outcomes)
+        except BaseException as exc:  # a bug must fail the callers, not hang them
+            settled = {id(job) for job, _ in outcomes}
+            for job in batch:
+                if id(job) not in settled:
+                    outcomes.append((job, exc))
+                    self._store.abandon(job.reservation)
+        _deliver_outcomes(outcomes)
 
     def _commit_batch(
         self, batch: list[_Job], outcomes: list[tuple[_Job, str | BaseException]]
@@ -228,6 +259,31 @@ class _GroupCommitter:
             outcomes.append((job, job.reservation.queue_id))
 
 
+def _unlink_and_settle(requests: list[_Unlinks]) -> None:
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
+    for paths, future, loop in requests:
+        errors: list[OSError | None] = []
+        for path, leftover in paths:
+            try:
+                os.unlink(path)
+                errors.append(None)
+            except OSError as exc:
+                errors.append(exc)
+                continue
+            with contextlib.suppress(OSError):  # as remove_sync: a stale deferral reason
+                os.unlink(leftover)
+        by_loop.setdefault(loop, []).append((future, errors))
+    for loop, items in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(_settle_futures, items)
+
+
+def _settle_futures(items: list[tuple[asyncio.Future[Any], Any]]) -> None:
+    for future, result in items:
+        if not future.done():
+            future.set_result(result)
+
+
 def _deliver_outcomes(outcomes: list[tuple[_Job, str | BaseException]]) -> None:
     """Settle every caller's future: sync ones directly, async ones in one loop call."""
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, str | BaseException]]] = {}
@@ -265,8 +321,7 @@ def _write_and_fsync(job: _Job) -> OSError | None:
     except OSError as exc:
         return exc
     try:
-        for part in job.parts:
-            fsutil.write_all(fd, part)
+        fsutil.writev_all(fd, job.parts)
         os.fsync(fd)
     except OSError as exc:
         return exc
@@ -689,6 +744,21 @@ class QueueStore:
             next_attempt=next_attempt,
             durable=durable,
         )
+
+    async def unlink_fresh(self, queue_ids: list[str]) -> list[OSError | None]:
+        """Unlink just-committed files from incoming/ without a directory fsync (as
+        `remove(durable=False)`), through the commit writer thread; one error or None
+        per id.  For the queue manager's fast path: no thread hand-off of its own."""
+        defer = os.path.join(self.directory, _DEFER, "")
+        paths = [(self._spath("incoming", qid), defer + qid) for qid in queue_ids]
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[OSError | None]] = loop.create_future()
+        with self._lock:
+            if self._committer is None:
+                self._committer = _GroupCommitter(self, self._fsync_workers)
+            committer = self._committer
+        committer.submit_unlinks(paths, future, loop)
+        return await asyncio.shield(future)
 
     def remove_sync(self, queue_id: str, state: State | None = None, durable: bool = True) -> None:
         """Delete a queue file for good (all recipients done).

@@ -924,7 +924,9 @@ async def _reverse_lookup(loop: asyncio.AbstractEventLoop, addr: str) -> str:
     """Postfix's rule: the PTR name counts only if it resolves back to the address."""
     try:
         async with asyncio.timeout(5):
-            name, _ = await loop.getnameinfo((addr, 0), socket.NI_NAMEREQD)
+            # NI_NUMERICSERV: no /etc/services parse for a port nobody reads.
+            flags = socket.NI_NAMEREQD | socket.NI_NUMERICSERV
+            name, _ = await loop.getnameinfo((addr, 0), flags)
             infos = await loop.getaddrinfo(name, None, type=socket.SOCK_STREAM)
     except (OSError, TimeoutError, UnicodeError):
         return "unknown"
