@@ -406,7 +406,12 @@ class SmtpSession(asyncio.Protocol):
                 return
             if self.queue_id is None:
                 # Postfix creates the queue file at the first accepted recipient.
-                self.queue_id = self.svc.cleanup.new_queue_id()
+                try:
+                    self.queue_id = self.svc.cleanup.new_queue_id()
+                except OSError as exc:  # queue directory unwritable, disk full...
+                    self.log.warning("smtpd", f"cannot create a queue file: {exc}")
+                    self.conn.reject(Reply(451, "4.3.0", "Error: queue file write error"))
+                    return
                 self.log.info(
                     "smtpd",
                     logfmt.client(
