@@ -623,6 +623,7 @@ class PostwallSender:
         argv = [sys.executable]
         if self.profile is not None:
             self.profile.mkdir(parents=True, exist_ok=True)
+            self.profile.chmod(0o1777)  # written at exit, after the drop to mail_owner
             argv += ["-m", "cProfile", "-o", str(self.profile / f"postwall-run{self.runs}.prof")]
         argv += ["-m", "postwall", "start", "-c", str(paths["etc"])]
         with open(base / "stdio.log", "wb") as out:
