@@ -139,7 +139,6 @@ def test_other_transports_load_the_file_and_defer_with_their_recipients(tmp_path
     store.close()
 
 
-
 def test_site_window_hands_a_freed_slot_to_the_longest_waiter() -> None:
     """A destination's window bounds parallel deliveries; a freed slot goes to the
     longest waiter even if another delivery asks before that waiter runs (no barging,
