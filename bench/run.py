@@ -349,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     if "fsync" in args.scenarios:
         results["fsync"] = servers.durable_commit_rate(args.fsync_dir)
     workdir = Path(tempfile.mkdtemp(prefix="postwall-bench-"))
+    # postwall drops privileges to mail_owner (postfix): it must reach its queue below.
+    workdir.chmod(0o755)
     ok = True
     try:
         certs = servers.make_certs(workdir, args.key_type)
