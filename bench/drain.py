@@ -144,6 +144,16 @@ def count_files(top: Path, subdirs: tuple[str, ...]) -> int:
     return total
 
 
+def thread_cpu(pid: int, tid: int) -> float:
+    """utime+stime of one thread (seconds); 0.0 if it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / servers.CLK_TCK
+
+
 def read_from(path: Path, offset: int) -> bytes:
     try:
         with open(path, "rb") as fh:
@@ -645,6 +655,7 @@ class PostwallSender:
 
         wait_until(started, 60, "postwall's `daemon started`", interval=0.005)
         cpu0 = servers.cpu_seconds(servers.process_tree(root))
+        main0 = thread_cpu(root, root)
         t0 = time.monotonic()
         deadline = t0 + limit
         while count_files(paths["spool"], ("incoming", "active", "deferred")):
@@ -655,11 +666,15 @@ class PostwallSender:
             time.sleep(0.02)
         elapsed = time.monotonic() - t0
         cpu = servers.cpu_seconds(servers.process_tree(root)) - cpu0
+        main_cpu = thread_cpu(root, root) - main0
 
         def pids() -> list[int]:
             return servers.process_tree(root)
 
         out = finish(self.name, n, elapsed, cpu0, cpu, sink, sink0, paths["log"], 0, pids)
+        # The event loop's thread alone: what bounds a single-process MTA's rate.
+        out["main_thread_cpu_s"] = round(main_cpu, 3)
+        out["main_thread_busy"] = main_cpu / elapsed
         left = {s: count_files(paths["spool"], (s,)) for s in ("hold", "corrupt")}
         if any(left.values()):
             out["problems"].append(f"left in the queue: {left}")
@@ -756,7 +771,8 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     if not ok:
         return {}
     out: dict[str, Any] = {}
-    for key in ("msgs_per_s", "cpu_ms_per_msg", "drain_s", "sink_sessions", "sink_tls_sessions"):
+    keys = ("msgs_per_s", "cpu_ms_per_msg", "drain_s", "main_thread_busy")
+    for key in (*keys, "sink_sessions", "sink_tls_sessions"):
         values = [r[key] for r in ok if r.get(key) is not None]
         if values:
             out[key] = statistics.median(values)
@@ -765,11 +781,12 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def table(results: dict[str, Any]) -> str:
-    lines = [f"{'figure':34} {'postfix':>16} {'postwall':>16} {'ratio':>6}"]
+    lines = [f"{'figure':34} {'postfix':>20} {'postwall':>20} {'ratio':>6}"]
     rows = [
         ("msgs/s", "msgs_per_s", "{:,.0f}"),
         ("CPU ms/msg", "cpu_ms_per_msg", "{:.2f}"),
         ("drain s", "drain_s", "{:.2f}"),
+        ("event-loop thread busy", "main_thread_busy", "{:.0%}"),
         ("sessions at the sink", "sink_sessions", "{:,.0f}"),
         ("TLS sessions at the sink", "sink_tls_sessions", "{:,.0f}"),
     ]
@@ -788,7 +805,7 @@ def table(results: dict[str, Any]) -> str:
                 return fmt.format(v) + (spread if key != "sink_tls_sessions" else "")
 
             ratio = f"{b / a:.2f}" if a and b is not None and key != "drain_s" else ""
-            lines.append(f"{mode + ': ' + label:34} {cell(pf, a):>16} {cell(pw, b):>16} {ratio:>6}")
+            lines.append(f"{mode + ': ' + label:34} {cell(pf, a):>20} {cell(pw, b):>20} {ratio:>6}")
     for note in results["notes"]:
         lines.append(f"note: {note}")
     for r in results["runs"]:
