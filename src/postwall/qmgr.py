@@ -89,16 +89,24 @@ class _Site:
         return self.dead_reason is not None
 
     async def __aenter__(self) -> None:
-        while self.busy >= self.window:
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            except asyncio.CancelledError:
+        if self.busy < self.window and not self._waiters:
+            self.busy += 1
+            return
+        # First come, first served: _wake hands the slot over (counts it in busy), so
+        # a woken delivery never goes back to the end of the line, and one freed slot
+        # wakes one waiter, not all those that would find it taken again.
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.busy -= 1  # handed a slot, cancelled before taking it
+                self._wake()
+            else:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
-                raise
-        self.busy += 1
+            raise
 
     async def __aexit__(self, *exc: object) -> None:
         self.busy -= 1
@@ -107,12 +115,11 @@ class _Site:
             self._sites.pop(self._key, None)
 
     def _wake(self) -> None:
-        free = self.window - self.busy
-        while free > 0 and self._waiters:
+        while self.busy < self.window and self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
+                self.busy += 1
                 waiter.set_result(None)
-                free -= 1
 
     def feedback(self, results: list[AgentResult]) -> None:
         if results and all(r.relay == "none" and r.result.status == "deferred" for r in results):
@@ -566,6 +573,9 @@ class QueueManager:
             )
             await self._store.move(qid, "active", "deferred", next_attempt=time.time() + delay)
             return
+        # Closed first, so the unlink in the worker thread frees the inode: the last
+        # close of an unlinked file does that work, ~0.1 ms, on the event loop otherwise.
+        msg.close()
         await self._store.remove(qid, "active", durable=False)
         self._log.info("qmgr", logfmt.removed(qid))
 

@@ -137,3 +137,46 @@ def test_other_transports_load_the_file_and_defer_with_their_recipients(tmp_path
     with store.load_sync(env.queue_id, "deferred") as msg:
         assert [r.done for r in msg.envelope.recipients] == [True, False]
     store.close()
+
+
+def test_site_window_hands_a_freed_slot_to_the_longest_waiter() -> None:
+    """A destination's window bounds parallel deliveries; a freed slot goes to the
+    longest waiter even if another delivery asks before that waiter runs (no barging,
+    no waiter sent back to the end of the line), and a waiter cancelled after being
+    handed a slot passes it on."""
+    from postwall.qmgr import _Site
+
+    async def scenario() -> None:
+        sites: dict[tuple[str, str, str], _Site] = {}
+        key = ("smtp", "[sink]", "")
+        site = sites[key] = _Site(sites, key, limit=20, window=1, backoff=300)
+        order: list[str] = []
+        release = {name: asyncio.Event() for name in "abcd"}
+
+        async def delivery(name: str) -> None:
+            async with site:
+                order.append(name)
+                assert site.busy <= site.window
+                await release[name].wait()
+
+        a = asyncio.create_task(delivery("a"))
+        await asyncio.sleep(0)
+        b = asyncio.create_task(delivery("b"))
+        await asyncio.sleep(0)
+        assert order == ["a"] and len(site._waiters) == 1
+        release["a"].set()
+        await asyncio.sleep(0)  # a leaves and hands its slot to b, which has not run yet
+        late = asyncio.create_task(delivery("c"))  # asks now, before b runs
+        await asyncio.sleep(0)
+        assert order == ["a", "b"]
+        d = asyncio.create_task(delivery("d"))
+        await asyncio.sleep(0)
+        release["b"].set()
+        await asyncio.sleep(0)  # b leaves: its slot is handed to c ...
+        late.cancel()  # ... which is cancelled before it runs: d gets the slot
+        release["d"].set()
+        await asyncio.gather(a, b, late, d, return_exceptions=True)
+        assert order == ["a", "b", "d"]
+        assert site.busy == 0 and not site._waiters and key not in sites
+
+    asyncio.run(asyncio.wait_for(scenario(), 5))

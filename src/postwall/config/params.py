@@ -537,7 +537,6 @@ class Params:
     )
     bounce_queue_lifetime: float = _t("5d", "Lifetime of undeliverable bounces.", unit="d", lo=0)
     delay_warning_time: float = _t("0h", "Delay before a warning (0: none).", unit="h")
-    qmgr_message_active_limit: int = _i("20000", "Messages in the active queue.", lo=1)
     default_destination_concurrency_limit: int = _i("20", "Parallel deliveries per site.")
     initial_destination_concurrency: int = _i("5", "Initial parallel deliveries per site.", lo=1)
     default_destination_recipient_limit: int = _i("50", "Recipients per delivery.")

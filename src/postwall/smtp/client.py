@@ -129,10 +129,12 @@ class Extensions:
         return cls(tuple(found))
 
     def has(self, keyword: str) -> bool:
-        return any(k == keyword.upper() for k, _ in self.keywords)
+        wanted = keyword.upper()
+        return any(k == wanted for k, _ in self.keywords)
 
     def param(self, keyword: str) -> str | None:
-        return next((p for k, p in self.keywords if k == keyword.upper()), None)
+        wanted = keyword.upper()
+        return next((p for k, p in self.keywords if k == wanted), None)
 
     @property
     def pipelining(self) -> bool:
@@ -839,6 +841,8 @@ class ClientConnection:
 
 def _printable(line: bytes) -> str:
     text = line.decode("utf-8", "replace")
+    if text.isprintable() and "\ufffd" not in text:
+        return text  # the usual reply line: no per-character pass
     return "".join(c if c.isprintable() and c != "\ufffd" else "?" for c in text)
 
 
