@@ -22,7 +22,7 @@ import pytest
 import peers
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "report"
-INBOUND = GOLDEN / "postfix-inbound-loglevel2.log"
+INBOUND = GOLDEN / "postfix-inbound-loglevel2.txt"
 
 
 def report(*args: str, stdin: str | bytes | None = None) -> dict:
@@ -40,7 +40,7 @@ def report(*args: str, stdin: str | bytes | None = None) -> dict:
 
 
 def golden(name: str) -> str:
-    return str(GOLDEN / f"postfix-{name}.log")
+    return str(GOLDEN / f"postfix-{name}.txt")
 
 
 # --------------------------------------------------------------------------- inbound
