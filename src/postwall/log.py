@@ -58,6 +58,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import select
 import socket
 import threading
 import time
@@ -118,17 +119,50 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 class _FdSink(_Sink):
-    """An inherited descriptor (stderr); never closed by us."""
+    """An inherited descriptor (stderr); never closed by us.
+
+    It is a copy of the log for a human watching: when it is a pipe or socket that
+    nobody reads, lines are dropped (and counted, said once it drains) rather than
+    blocking the event loop, which would stall every session.  Writes go in pieces no
+    larger than PIPE_BUF, each after poll() said there is room, so none can block."""
 
     def __init__(self, fd: int, name: str) -> None:
         self.fd = fd
         self.name = name
+        self.dropped = 0
+        self._poll = select.poll()
+        self._poll.register(fd, select.POLLOUT)
+
+    def _room(self) -> bool:
+        try:
+            return any(ev & select.POLLOUT for _, ev in self._poll.poll(0))
+        except OSError:
+            return False
 
     def write(self, line: bytes, severity: Severity, text: str) -> None:
-        _write_all(self.fd, line)
+        self._write(line)
 
     def write_many(self, lines: list[tuple[bytes, Severity, str]]) -> None:
-        _write_all(self.fd, b"".join(line for line, _, _ in lines))
+        self._write(b"".join(line for line, _, _ in lines))
+
+    def _write(self, data: bytes) -> None:
+        if self.dropped and self._room():
+            note = f"postwall: {self.dropped} log lines not shown here: stderr was blocked\n"
+            self.dropped = 0
+            data = note.encode() + data
+        view = memoryview(data)
+        while view:
+            if not self._room():
+                self.dropped += bytes(view).count(b"\n")
+                return
+            try:
+                n = os.write(self.fd, view[: select.PIPE_BUF])
+            except BlockingIOError:  # a non-blocking descriptor that filled up meanwhile
+                n = 0
+            if not n:
+                self.dropped += bytes(view).count(b"\n")
+                return
+            view = view[n:]
 
 
 class _FileSink(_Sink):

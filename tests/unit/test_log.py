@@ -360,3 +360,27 @@ def test_lines_from_the_loop_are_batched_per_iteration(tmp_path: Path) -> None:
         os.write = real  # type: ignore[assignment]
     assert len(writes) == 2  # five lines in one write(2), then the thread's line
     log.close()
+
+
+def test_stderr_nobody_reads_drops_lines_instead_of_blocking() -> None:
+    """A full pipe on stderr must never block the loop: lines are dropped and counted,
+    and the count is said once the reader catches up."""
+    from postwall.log import _FdSink
+
+    r, w = os.pipe()
+    try:
+        sink = _FdSink(w, "stderr")
+        line = b"x" * 99 + b"\n"
+        for _ in range(2000):  # 200 KB into a 64 KiB pipe: returns at once every time
+            sink.write(line, "info", "")
+        assert sink.dropped > 0
+        seen = b""
+        while len(seen) < 60_000:
+            seen += os.read(r, 65536)
+        sink.write(b"next\n", "info", "")
+        tail = os.read(r, 65536)
+        assert tail.startswith(b"postwall: ") and b"log lines not shown here" in tail
+        assert tail.endswith(b"next\n") and sink.dropped == 0
+    finally:
+        os.close(r)
+        os.close(w)
