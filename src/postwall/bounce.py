@@ -45,6 +45,7 @@ from typing import Literal
 
 from postwall import logfmt
 from postwall.config.params import Params
+from postwall.logfmt import mail_date
 from postwall.queue.records import Envelope, Recipient
 
 __all__ = [
@@ -82,8 +83,6 @@ _INDENT = "    "
 _HEADER_LINE = re.compile(rb"[!-9;-~]+[ \t]*:")
 # RFC 1894 atom for "X-$mail_name": Postfix turns specials into '-'.
 _NOT_ATOM = re.compile(r"[\s()<>@,;:\\\".\[\]]")
-_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,20 +170,6 @@ def is_double_bounce(sender: str, params: Params) -> bool:
 def message_id(new_queue_id: str, now: float, myhostname: str) -> str:
     """The Message-Id Postfix's cleanup gives a notice: ``<YYYYMMDDHHMMSS.QID@host>`` (UTC)."""
     return f"<{time.strftime('%Y%m%d%H%M%S', time.gmtime(now))}.{new_queue_id}@{myhostname}>"
-
-
-def mail_date(when: float) -> str:
-    """RFC 5322 date in local time as Postfix's mail_date(): ``Sat, 28 Nov 2026 11:59:10
-    +0000 (UTC)`` (English names whatever the locale)."""
-    tm = time.localtime(when)
-    offset = (tm.tm_gmtoff or 0) // 60
-    sign = "-" if offset < 0 else "+"
-    hours, minutes = divmod(abs(offset), 60)
-    return (
-        f"{_DAYS[tm.tm_wday]}, {tm.tm_mday:02d} {_MONTHS[tm.tm_mon - 1]} {tm.tm_year} "
-        f"{tm.tm_hour:02d}:{tm.tm_min:02d}:{tm.tm_sec:02d} {sign}{hours:02d}{minutes:02d} "
-        f"({tm.tm_zone or 'UTC'})"
-    )
 
 
 def compose(

@@ -15,7 +15,6 @@ keeps the message and retries.
 
 from __future__ import annotations
 
-import email.utils
 import re
 import time
 from collections.abc import Callable
@@ -230,8 +229,6 @@ def _rfc5322_date(now: float) -> str:
     global _date_cache
     second, text = _date_cache  # one tuple: threads never see half an update
     if int(now) != second:  # formatting costs more than the rest of the header
-        local = time.localtime(now)
-        zone = local.tm_zone or "UTC"
-        text = f"{email.utils.formatdate(int(now), localtime=True)} ({zone})"
+        text = logfmt.mail_date(int(now))
         _date_cache = (int(now), text)
     return text

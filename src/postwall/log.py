@@ -60,6 +60,7 @@ import contextlib
 import os
 import select
 import socket
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -130,10 +131,19 @@ class _FdSink(_Sink):
         self.fd = fd
         self.name = name
         self.dropped = 0
-        self._poll = select.poll()
-        self._poll.register(fd, select.POLLOUT)
+        # Files and terminals never fill up: poll only what can (no syscall per batch).
+        try:
+            mode = os.fstat(fd).st_mode
+            self._poll: select.poll | None = None
+            if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+                self._poll = select.poll()
+                self._poll.register(fd, select.POLLOUT)
+        except OSError:
+            self._poll = None
 
     def _room(self) -> bool:
+        if self._poll is None:
+            return True
         try:
             return any(ev & select.POLLOUT for _, ev in self._poll.poll(0))
         except OSError:

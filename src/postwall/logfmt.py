@@ -30,6 +30,7 @@ NOQUEUE = "NOQUEUE"
 _BLANKS = " \t"
 
 _C_ESCAPES = {7: "\\a", 8: "\\b", 9: "\\t", 10: "\\n", 11: "\\v", 12: "\\f", 13: "\\r", 92: "\\\\"}
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
@@ -159,6 +160,20 @@ def ctime15(when: float) -> str:
     tm = time.localtime(when)
     clock = f"{tm.tm_hour:02d}:{tm.tm_min:02d}:{tm.tm_sec:02d}"
     return f"{_MONTHS[tm.tm_mon - 1]} {tm.tm_mday:2d} {clock}"
+
+
+def mail_date(when: float) -> str:
+    """RFC 5322 date in local time as Postfix's mail_date(): ``Sat, 28 Nov 2026 11:59:10
+    +0000 (UTC)`` (English names whatever the locale)."""
+    tm = time.localtime(when)
+    offset = (tm.tm_gmtoff or 0) // 60
+    sign = "-" if offset < 0 else "+"
+    hours, minutes = divmod(abs(offset), 60)
+    return (
+        f"{_DAYS[tm.tm_wday]}, {tm.tm_mday:02d} {_MONTHS[tm.tm_mon - 1]} {tm.tm_year} "
+        f"{tm.tm_hour:02d}:{tm.tm_min:02d}:{tm.tm_sec:02d} {sign}{hours:02d}{minutes:02d} "
+        f"({tm.tm_zone or 'UTC'})"
+    )
 
 
 # ---------------------------------------------------------------- smtpd: session

@@ -108,7 +108,7 @@ def build_smtpd_services(
             # A restriction problem names its parameter; point at the main.cf line.
             setting = config.settings.get(str(exc).partition(":")[0])
             if setting is not None and all(o.name != setting.name for o in svc.overrides):
-                where = f"{setting.file}:{setting.line}"
+                where = setting.where
             problems.append(f"{where}: service {svc.name}: {exc}")
             continue
         services[svc.name] = SmtpdService(

@@ -222,11 +222,11 @@ class SmtpAgent:
             policy = self._policy(dest.nexthop)
         except ValueError as exc:
             self._log.warning("smtp", str(exc))
-            return self._all(indexes, "deferred", "4.7.5", f"TLS policy error: {exc}", "none")
+            return _same(indexes, "deferred", "4.7.5", f"TLS policy error: {exc}")
         try:
             out = self._out_message(msg, indexes)
         except Exception as exc:  # the queue file's content cannot be read
-            return self._all(indexes, "deferred", "4.3.0", f"cannot read message: {exc}", "none")
+            return _same(indexes, "deferred", "4.3.0", f"cannot read message: {exc}")
         key = (dest.nexthop.lower(), f"{policy.level}:{policy.match}")
         conn = self._cached(key)
         if conn is not None:
@@ -237,11 +237,11 @@ class SmtpAgent:
             conn = await self._open(dest.nexthop, policy, key)
         except _SessionFailed as failed:
             status = "bounced" if failed.dsn.startswith("5") else "deferred"
-            return self._all(indexes, status, failed.dsn, failed.reason, "none")
+            return _same(indexes, status, failed.dsn, failed.reason)
         results = await self._transaction(conn, out, indexes, started, time.monotonic())
         if results is None:  # a fresh connection failed before MAIL: defer, as Postfix
             reason = f"lost connection with {conn.namaddr} while sending MAIL FROM"
-            return self._all(indexes, "deferred", "4.4.2", reason, conn.relay)
+            return _same(indexes, "deferred", "4.4.2", reason, conn)
         return results
 
     async def close(self) -> None:
@@ -283,13 +283,6 @@ class SmtpAgent:
             ret=env.ret,
             envid=env.envid,
         )
-
-    @staticmethod
-    def _all(
-        indexes: Sequence[int], status: str, dsn: str, text: str, relay: str
-    ) -> list[AgentResult]:
-        result = DeliveryResult(status, dsn, text)  # type: ignore[arg-type]
-        return [AgentResult(result, relay=relay, service="smtp") for _ in indexes]
 
     # -- sessions ------------------------------------------------------------------
 
@@ -607,7 +600,7 @@ class SmtpAgent:
             if not self._keep(conn):
                 await self._quit(conn)
             reason = f"unsafe envelope for {conn.namaddr}: {exc}"
-            return self._results(indexes, "bounced", "5.5.2", reason, conn, conn_time, 0.0)
+            return _same(indexes, "bounced", "5.5.2", reason, conn, conn_time)
         stage = conn.core.stage
         try:
             while True:
@@ -621,7 +614,8 @@ class SmtpAgent:
         except _Timeout:
             conn.close()
             reason = logfmt.conversation_timed_out(conn.namaddr, stage)
-            return self._results(indexes, "deferred", "4.4.2", reason, conn, conn_time, ready)
+            xfer = time.monotonic() - ready
+            return _same(indexes, "deferred", "4.4.2", reason, conn, conn_time, xfer)
         except (TLSError, OSError) as exc:
             conn.close()
             ev = ConnectionFailed("lost", stage, str(exc))
@@ -631,23 +625,15 @@ class SmtpAgent:
             if reused and not ev.results and stage == "sending MAIL FROM":
                 return None
             decided = {id(r.recipient): r for r in ev.results}
-            results = []
-            for rcpt in out.recipients:
-                r = decided.get(id(rcpt))
-                if r is not None:
-                    results.append(self._result(r, conn, conn_time, xfer))
-                else:
-                    results.append(
-                        AgentResult(
-                            DeliveryResult("deferred", ev.dsn, ev.reason(conn.namaddr)),
-                            relay=conn.relay,
-                            conn_time=conn_time,
-                            xfer_time=xfer,
-                            conn_use=conn.uses,
-                            service="smtp",
-                        )
-                    )
-            return results
+            [undecided] = _same(
+                [0], "deferred", ev.dsn, ev.reason(conn.namaddr), conn, conn_time, xfer, conn.uses
+            )
+            return [
+                self._result(r, conn, conn_time, xfer)
+                if (r := decided.get(id(rcpt)))
+                else undecided
+                for rcpt in out.recipients
+            ]
         assert isinstance(ev, TransactionDone)
         self._remember(conn)
         if not (ev.reusable and self._keep(conn)):
@@ -668,24 +654,29 @@ class SmtpAgent:
             dsn_relayed=r.status == "sent" and conn.core.extensions.dsn,
         )
 
-    @staticmethod
-    def _results(
-        indexes: Sequence[int],
-        status: str,
-        dsn: str,
-        reason: str,
-        conn: _Conn,
-        conn_time: float,
-        since: float,
-    ) -> list[AgentResult]:
-        xfer = max(0.0, time.monotonic() - since) if since else 0.0
-        result = DeliveryResult(status, dsn, reason)  # type: ignore[arg-type]
-        return [
-            AgentResult(
-                result, relay=conn.relay, conn_time=conn_time, xfer_time=xfer, service="smtp"
-            )
-            for _ in indexes
-        ]
+
+def _same(
+    indexes: Sequence[int],
+    status: str,
+    dsn: str,
+    text: str,
+    conn: _Conn | None = None,
+    conn_time: float = 0.0,
+    xfer: float = 0.0,
+    conn_use: int = 1,
+) -> list[AgentResult]:
+    """One outcome for every recipient (a failure before or outside the server's replies);
+    relay=none when no session was made."""
+    result = DeliveryResult(status, dsn, text)  # type: ignore[arg-type]
+    one = AgentResult(
+        result,
+        relay=conn.relay if conn else "none",
+        conn_time=conn_time,
+        xfer_time=xfer,
+        conn_use=conn_use,
+        service="smtp",
+    )
+    return [one] * len(indexes)
 
 
 def _soft(dsn: str) -> str:

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from postwall import logfmt
-from postwall.cleanup import Cleanup, Submission, _rfc5322_date
+from postwall.cleanup import Cleanup, Submission
 from postwall.config import Config
 from postwall.delivery.agents import LocalAgent
 from postwall.log import SYSLOG_SOCKET, MailLog
@@ -704,7 +704,7 @@ def _report(
     """The multipart/report Postfix's bounce daemon mails for sendmail -bv (RFC 3464,
     with Postfix's deliverable/undeliverable actions)."""
     boundary = f"{probe}.{int(now)}/{host}"
-    date = _rfc5322_date(now)
+    date = logfmt.mail_date(now)
     notes = []
     for v in verdicts:
         expanded = f" (expanded from <{v.original}>)" if v.original != v.address else ""
