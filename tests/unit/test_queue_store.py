@@ -327,6 +327,67 @@ def test_spare_ids_are_prepared_and_handed_out(store: QueueStore) -> None:
     assert temp_files(store) == []
 
 
+def _no_background_spares(store: QueueStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store, "_maybe_refill", lambda: None)
+
+
+def test_finished_file_is_recycled_with_a_new_id_and_only_the_new_content(
+    store: QueueStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _no_background_spares(store, monkeypatch)
+    old = store.commit_sync(envelope(3), b"long old message\r\n" * 500)
+    inode = (store.directory / "incoming" / old).stat().st_ino
+    store.remove_sync(old, durable=False)
+    assert store.locate(old) is None
+    qid = store.new_queue_id()  # the recycled file, not a new one
+    assert qid != old and qid.endswith(f"{inode:X}")
+    assert store.commit_sync(dataclasses.replace(envelope(1), queue_id=qid), b"new\r\n") == qid
+    path = store.directory / "incoming" / qid
+    assert path.stat().st_ino == inode
+    with store.load_sync(qid) as msg:  # nothing of the old message is left behind
+        assert msg.read_content() == b"new\r\n"
+        assert [r.address for r in msg.envelope.recipients] == ["r0@example.com"]
+    assert b"long old message" not in path.read_bytes()
+
+
+def test_unlink_fresh_recycles_too(store: QueueStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_background_spares(store, monkeypatch)
+    old = store.commit_sync(envelope(), b"x\r\n")
+    assert asyncio.run(store.unlink_fresh([old])) == [None]
+    assert len(names(store.directory / "tmp")) == 1
+    assert store.new_queue_id() != old
+
+
+@pytest.mark.parametrize("spoil", ["hard link", "too large", "mode 0644"])
+def test_files_that_are_not_plain_queue_files_are_unlinked_not_recycled(
+    store: QueueStore, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, spoil: str
+) -> None:
+    _no_background_spares(store, monkeypatch)
+    qid = store.commit_sync(envelope(), b"x\r\n")
+    path = store.directory / "incoming" / qid
+    before = path.read_bytes()
+    if spoil == "hard link":  # someone else's name for the inode must keep its bytes
+        os.link(path, store.directory / "saved")
+    elif spoil == "too large":
+        with open(path, "ab") as fp:
+            fp.truncate(store_mod._RECYCLE_MAX + 1)
+    else:
+        path.chmod(0o644)
+    store.remove_sync(qid)
+    assert names(store.directory / "tmp") == []
+    if spoil == "hard link":
+        store.commit_sync(envelope(), b"a later message\r\n")
+        assert (store.directory / "saved").read_bytes() == before
+
+
+def test_a_store_without_spares_never_recycles(tmp_path: Path) -> None:
+    tool = QueueStore(tmp_path / "q", spare_ids=0)  # as postsuper and sendmail open it
+    qid = tool.commit_sync(envelope(), b"x\r\n")
+    tool.remove_sync(qid)
+    assert names(tool.directory / "tmp") == []
+    tool.close()
+
+
 def test_close_drains_and_a_later_commit_restarts_the_writer(tmp_path: Path) -> None:
     s = QueueStore(tmp_path / "q")
     first = s.commit_sync(envelope(), b"x")

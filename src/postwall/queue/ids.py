@@ -14,7 +14,10 @@ files on one file system never share an inode and therefore never share an id,
 whatever the message rate and across restarts. The store additionally refuses
 an id that already names a file in any queue state (a file restored from
 elsewhere could carry a foreign inode), and picks a new microsecond then.
-Ids of files that are gone may be reused later, as in Postfix.
+Ids of files that are gone may be reused later, as in Postfix. A finished
+queue file may become the temp file of a later message (the store recycles
+files rather than unlink and create them); that message gets a new id from
+the same inode and a new microsecond, never the finished message's id.
 
 Pure functions; no I/O. Callers: queue.store.
 """

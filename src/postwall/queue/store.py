@@ -23,12 +23,15 @@ Guarantees:
   first RCPT and puts it in the Received header, before the content exists);
   `release_queue_id` gives it back (ids never released nor committed are
   dropped after `reservation_ttl`, a day by default). Creating a file is the slow step on ext4
-  (a few hundred microseconds here), so background threads keep up to
-  `spare_ids` empty temp files ready and `new_queue_id` is cheap enough to call
-  on the event loop when a spare is available.
+  (up to a few hundred microseconds here), so a background thread keeps up to
+  `spare_ids` temp files ready and `new_queue_id` is cheap enough to call
+  on the event loop when a spare is available.  Most spares are recycled: a
+  finished queue file is renamed into tmp/ instead of being unlinked
+  (`recycle_or_unlink`), gets a new id (same inode, new microseconds) and is
+  overwritten and truncated by its next commit.
 - `mark_recipients` and `set_warn_time` rewrite fixed-width bytes in place and
   fsync, so a recipient is never lost: after a crash it is pending or done.
-- `move`, `remove`, `quarantine` rename/unlink and fsync the directories.
+- `move`, `remove`, `quarantine` rename/unlink (or recycle) and fsync the directories.
 - Deferred files carry their next delivery attempt as atime and mtime, as
   Postfix's qmgr does (qmgr_active.c sets both to now + backoff); `scan`
   with `due=` skips files whose time has not come.
@@ -50,6 +53,7 @@ import contextlib
 import itertools
 import os
 import secrets
+import stat
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -70,18 +74,23 @@ _TMP = "tmp"
 _REASON_SUFFIX = ".reason"
 _DEFER = "defer"  # <qid>: one "address TAB reason" line per deferred recipient
 _SPARE_WORKERS = 1
+# A finished queue file up to this size becomes a spare temp file instead of being
+# unlinked; a larger one is not worth keeping its blocks for.
+_RECYCLE_MAX = 256 * 1024
 
 
 @dataclass
 class Reservation:
-    """A queue id bound to an empty temp file in tmp/ (which keeps its inode, and so
-    the id, taken). No descriptor is held, so idle sessions cost no file handles."""
+    """A queue id bound to a temp file in tmp/ (which keeps its inode, and so the id,
+    taken). No descriptor is held, so idle sessions cost no file handles. A recycled
+    file still holds a finished message's bytes: the commit overwrites and truncates."""
 
     queue_id: str
     tmp_path: str
     created: float
     closed: bool = False
     submitted: bool = False
+    recycled: bool = False
 
 
 @dataclass
@@ -206,7 +215,7 @@ class _GroupCommitter:
                 self._commit_and_settle(batch)
             # After the commits: their sessions wait for a 250, these only for a log line.
             if unlinks:
-                _unlink_and_settle(unlinks)
+                _unlink_and_settle(self._store, unlinks)
 
     def _commit_and_settle(self, batch: list[_Job]) -> None:
         self.batches += 1
@@ -259,13 +268,13 @@ class _GroupCommitter:
             outcomes.append((job, job.reservation.queue_id))
 
 
-def _unlink_and_settle(requests: list[_Unlinks]) -> None:
+def _unlink_and_settle(store: QueueStore, requests: list[_Unlinks]) -> None:
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
     for paths, future, loop in requests:
         errors: list[OSError | None] = []
         for path, leftover in paths:
             try:
-                os.unlink(path)
+                store.recycle_or_unlink(path)
                 errors.append(None)
             except OSError as exc:
                 errors.append(exc)
@@ -322,6 +331,8 @@ def _write_and_fsync(job: _Job) -> OSError | None:
         return exc
     try:
         fsutil.writev_all(fd, job.parts)
+        if job.reservation.recycled:  # cut what is left of the finished message
+            os.ftruncate(fd, sum(len(part) for part in job.parts))
         os.fsync(fd)
     except OSError as exc:
         return exc
@@ -403,24 +414,62 @@ class QueueStore:
 
     # -- commit ----------------------------------------------------------
 
+    def _tmp_name(self) -> str:
+        # The pid lets clean_tmp tell a live process's files from a dead one's.
+        return f"{self._dirs[_TMP]}{os.getpid()}.{next(self._counter)}.{secrets.token_hex(4)}"
+
+    def _fresh_id(self, inode: int, previous: str = "") -> str:
+        """An id for the file with `inode`: free in every state and not `previous`."""
+        while True:
+            qid = make_queue_id((time.time_ns() // 1000) % 1_000_000, inode)
+            # A live file with our inode cannot exist; a restored foreign file can.
+            if qid != previous and self.locate(qid) is None and qid not in self._reserved:
+                return qid
+            time.sleep(1e-6)
+
     def _create_reservation(self) -> Reservation:
         """Create an empty temp file and derive the queue id from its inode."""
-        tmp = f"{self._dirs[_TMP]}{os.getpid()}.{next(self._counter)}.{secrets.token_hex(4)}"
+        tmp = self._tmp_name()
         fd = fsutil.create_exclusive(tmp, 0o600)
         try:
-            inode = os.fstat(fd).st_ino
-            while True:
-                qid = make_queue_id((time.time_ns() // 1000) % 1_000_000, inode)
-                # A live file with our inode cannot exist; a restored foreign file can.
-                if self.locate(qid) is None and qid not in self._reserved:
-                    break
-                time.sleep(1e-6)
+            qid = self._fresh_id(os.fstat(fd).st_ino)
         except BaseException:
             os.unlink(tmp)
             raise
         finally:
             os.close(fd)
         return Reservation(qid, tmp, time.time())
+
+    def recycle_or_unlink(self, path: str) -> None:
+        """Remove a finished queue file: keep it as a spare temp file when the spares
+        run short, else unlink it.  Raises what the unlink raises.
+
+        Why: a queue that creates and unlinks one file per message makes ext4 skip
+        each recently freed inode when it allocates the next (`recently_deleted`), so
+        creating a file cost ~120 us after a few thousand unlinks against ~16 us on a
+        fresh directory, measured here.  A rename keeps the inode and its blocks."""
+        if self._spare_target and not self._closing and len(self._spares) < self._spare_target:
+            tmp = self._tmp_name()
+            try:
+                st = os.lstat(path)
+                # Only a plain file of ours, named once: the commit will overwrite it.
+                if (
+                    stat.S_ISREG(st.st_mode)
+                    and st.st_nlink == 1
+                    and st.st_uid == os.geteuid()
+                    and stat.S_IMODE(st.st_mode) == 0o600
+                    and st.st_size <= _RECYCLE_MAX
+                ):
+                    os.rename(path, tmp)
+                    qid = self._fresh_id(st.st_ino, previous=os.path.basename(path))
+                    self._spares.append(Reservation(qid, tmp, time.time(), recycled=True))
+                    return
+            except OSError:
+                with contextlib.suppress(OSError):
+                    if os.path.lexists(tmp):
+                        os.unlink(tmp)
+                        return
+        os.unlink(path)
 
     def _refill_spares(self) -> None:
         try:
@@ -766,7 +815,7 @@ class QueueStore:
         Without the directory fsync (`durable=False`, as Postfix does) a power loss can
         resurrect the file and its recipients are tried again: never lost, at worst twice."""
         found, path = self._find(queue_id, state)
-        os.unlink(path)
+        self.recycle_or_unlink(path)
         if durable:
             fsutil.fsync_dir(self._dirs[found])
         if found == "corrupt":  # only quarantined files have a reason file next to them
