@@ -387,3 +387,29 @@ def test_send_before_handshake_is_an_error(pki: dict[str, Path]) -> None:
         srv.send(b"too early")
     with pytest.raises(TLSError):
         _ = srv.info
+
+
+def test_records_arriving_together_or_in_pieces(pki: dict[str, Path]) -> None:
+    srv, cli = handshake(server(pki), client(pki))
+    wire = b""
+    for line in (b"MAIL FROM:<a@b>\r\n", b"RCPT TO:<c@d>\r\n", b"DATA\r\n"):
+        cli.send(line)  # one record each
+        wire += cli.data_to_send()
+    # Three records in one read, then one record cut in two reads.
+    assert srv.receive(wire) == b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n"
+    cli.send(b"QUIT\r\n")
+    record = cli.data_to_send()
+    assert srv.receive(record[:7]) == b""
+    assert srv.receive(record[7:]) == b"QUIT\r\n"
+    assert srv.data_to_send() == b""
+
+
+def test_signature_facts_follow_the_certificate_of_each_context(pki: dict[str, Path]) -> None:
+    for _ in range(2):  # contexts come and go (reloads); each reports its own key
+        srv, _ = handshake(server(pki), client(pki))
+        assert (srv.info.server_sig_name, srv.info.server_sig_digest) == ("RSA-PSS", "SHA256")
+        ec = server(
+            pki, smtpd_tls_cert_file=str(pki["ec_pem"]), smtpd_tls_key_file=str(pki["ec_key"])
+        )
+        srv, _ = handshake(ec, client(pki))
+        assert (srv.info.server_sig_name, srv.info.server_sig_curve) == ("ECDSA", "P-256")

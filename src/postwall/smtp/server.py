@@ -150,6 +150,9 @@ class ServerConnection:
 
     def __init__(self, settings: ServerSettings | None = None) -> None:
         self.settings = settings or ServerSettings()
+        names = {k.lower() for k in self.settings.smtpd_discard_ehlo_keywords}
+        # EHLO keywords hidden, and the commands refused with them (CHUNKING is BDAT).
+        self._discarded = frozenset("bdat" if k == "chunking" else k for k in names) | names
         self.counts = Counts()
         self.error_count = 0
         self.junk_count = 0
@@ -588,11 +591,6 @@ class ServerConnection:
         words.append("CHUNKING")
         words = [w for w in words if w.split()[0].lower() not in self._discarded]
         return Reply(250, "", "\n".join([s.myhostname, *words]))
-
-    @property
-    def _discarded(self) -> frozenset[str]:
-        names = {k.lower() for k in self.settings.smtpd_discard_ehlo_keywords}
-        return frozenset("bdat" if k == "chunking" else k for k in names) | names
 
     def _auth_offered(self) -> bool:
         s = self.settings

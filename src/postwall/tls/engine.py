@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -200,6 +201,24 @@ def peer_cert_facts(cert: crypto.X509, digest: str) -> PeerCert:
     )
 
 
+# Our own certificate's facts, per context and certificate (parsing it costs ~50 us a
+# handshake); the X509 pointers belong to the context, so they live as long as it does.
+_OWN_SIG: weakref.WeakKeyDictionary[SSL.Context, dict[int, tuple[str, str, int, str]]]
+_OWN_SIG = weakref.WeakKeyDictionary()
+
+
+def _own_sig_params(conn: SSL.Connection, reused: bool) -> tuple[str, str, int, str]:
+    ptr = _lib.SSL_get_certificate(conn._ssl)  # type: ignore[attr-defined]
+    if ptr == _ffi.NULL:
+        return "", "", 0, ""
+    per_context = _OWN_SIG.setdefault(conn.get_context(), {})
+    key = int(_ffi.cast("uintptr_t", ptr))
+    if key not in per_context:
+        per_context[key] = _sig_params(conn.get_certificate(), False)
+    name, curve, bits, digest = per_context[key]
+    return name, curve, bits, "" if reused else digest
+
+
 def _sig_params(cert: crypto.X509 | None, reused: bool) -> tuple[str, str, int, str]:
     """Postfix's (name, curve, bits, digest) for the key that signed a TLS 1.3 handshake.
 
@@ -270,7 +289,10 @@ class TLSSession:
         self._role = "SSL_accept" if server_side else "SSL_connect"
         conn = SSL.Connection(context, None)
         conn.set_app_data(self)
-        conn.set_info_callback(self._info_cb)
+        # The callback runs ~20 times a handshake; the server needs it only for the
+        # loglevel 2 lines, the client also to learn whether a certificate was asked.
+        if loglevel >= 2 or not server_side:
+            conn.set_info_callback(self._info_cb)
         if server_side:
             mode = SSL.VERIFY_PEER | SSL.VERIFY_CLIENT_ONCE if ask_ccert else SSL.VERIFY_NONE
             conn.set_verify(mode, self._verify_cb)
@@ -395,7 +417,10 @@ class TLSSession:
             if not self.handshake_done:
                 return b""
         out = bytearray()
-        while True:
+        ssl, into = self._conn._ssl, self._conn._into_ssl  # type: ignore[attr-defined]
+        # Read while a record may be complete: decrypted bytes left, or ciphertext not
+        # yet consumed (an empty BIO would only raise WantReadError, which costs more).
+        while _lib.SSL_pending(ssl) or _lib.BIO_get_mem_data(into, _ffi.NULL):
             try:
                 out += self._conn.recv(_READ_CHUNK)
             except (SSL.WantReadError, SSL.WantWriteError):
@@ -429,16 +454,8 @@ class TLSSession:
 
     def data_to_send(self) -> bytes:
         """Every ciphertext byte OpenSSL has queued for the peer."""
-        out = bytearray()
-        while True:
-            try:
-                chunk = self._conn.bio_read(_READ_CHUNK)
-            except SSL.WantReadError:
-                break
-            if not chunk:
-                break
-            out += chunk
-        return bytes(out)
+        pending = _lib.BIO_get_mem_data(self._conn._from_ssl, _ffi.NULL)  # type: ignore[attr-defined]
+        return self._conn.bio_read(pending) if pending > 0 else b""
 
     def shutdown(self) -> None:
         """Queue a close_notify (Postfix's tls_fast_shutdown: do not wait for the reply)."""
@@ -485,14 +502,13 @@ class TLSSession:
                 kex_name, kex_bits = "DHE", int(group[5:] or 0)
             elif group:
                 kex_name = group
-            own = conn.get_certificate()
             if self.server_side:
-                ssig = _sig_params(own, reused)
+                ssig = _own_sig_params(conn, reused)
                 csig = _sig_params(peer, reused)
             else:
                 ssig = _sig_params(peer, reused)
-                if own is not None and self._cert_requested:
-                    csig = _sig_params(own, reused)
+                if self._cert_requested:
+                    csig = _own_sig_params(conn, reused)
 
         if peer_facts is None:
             trust = "Anonymous"
