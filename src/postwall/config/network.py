@@ -12,6 +12,7 @@ by their IPv4 form. Used by config.load() for validation and by smtpd restrictio
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 from pathlib import Path
@@ -84,6 +85,18 @@ def _split(text: str) -> list[str]:
     return [p for p in text.replace(",", " ").split() if p]
 
 
+@functools.lru_cache(maxsize=4096)
+def _client_address(
+    text: str,
+) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ipaddress.IPv4Address | None] | None:
+    """The address and its IPv4-mapped form; cached, as a session asks for every RCPT."""
+    try:
+        addr = ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return None
+    return addr, addr.ipv4_mapped if isinstance(addr, ipaddress.IPv6Address) else None
+
+
 class Networks:
     """An ordered list of (network, excluded) entries; see the module contract."""
 
@@ -120,11 +133,10 @@ class Networks:
 
     def match(self, address: str) -> bool:
         """True when `address` matches a non-excluded entry before any excluded one."""
-        try:
-            addr = ipaddress.ip_address(address.strip("[]"))
-        except ValueError:
+        parsed = _client_address(address)
+        if parsed is None:
             return False
-        alt = addr.ipv4_mapped if isinstance(addr, ipaddress.IPv6Address) else None
+        addr, alt = parsed
         for net, negate in self.entries:
             if addr in net or (alt is not None and alt in net):
                 return not negate
