@@ -88,7 +88,9 @@ def _stamp(now: float, style: TimestampStyle) -> str:
 
 def sanitize(text: str) -> str:
     """Cut to 2000 characters and replace control characters by ``?``."""
-    return text[:MAX_TEXT].translate(_UNPRINTABLE)
+    text = text[:MAX_TEXT]
+    # isprintable() is false for every control character: most lines skip the translate.
+    return text if text.isprintable() else text.translate(_UNPRINTABLE)
 
 
 class _Sink:
