@@ -177,21 +177,26 @@ class _FdSink(_Sink):
             view = view[n:]
 
 
+def _open_append(path: str) -> int:
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+
 class _FileSink(_Sink):
-    """maillog_file: append-only, reopened by path for logrotate."""
+    """maillog_file: append-only, reopened by path for logrotate.  A reopen that fails
+    keeps the old descriptor, so lines still go somewhere (the rotated file)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.name = str(path)
         self.fd: int | None = None
+        self.opener: Callable[[str], int] = _open_append
         self.reopen()
 
     def reopen(self) -> None:
-        old, self.fd = self.fd, None
+        new = self.opener(str(self.path))
+        old, self.fd = self.fd, new
         if old is not None:
             os.close(old)
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-        self.fd = os.open(self.path, flags, 0o644)
 
     def write(self, line: bytes, severity: Severity, text: str) -> None:
         if self.fd is None:
@@ -365,6 +370,13 @@ class MailLog:
                 self._do_reopen()
             finally:
                 self._lock.release()
+
+    def set_file_opener(self, opener: Callable[[str], int] | None) -> None:
+        """How maillog_file is reopened (after the privilege drop master passes one that
+        asks the root helper when mail_owner may not open it); None: open(2) again."""
+        for sink in self.sinks:
+            if isinstance(sink, _FileSink):
+                sink.opener = opener or _open_append
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Batch the lines logged from `loop`'s thread: they are written together at

@@ -52,6 +52,7 @@ from postwall.sasl.server import SaslServer
 from postwall.smtpd.limits import AllPortsBusy, ClientLimits
 from postwall.smtpd.restrictions import NotSupported, Restrictions
 from postwall.smtpd.session import SmtpdService, SmtpSession, core_settings
+from postwall.tls import certs as tls_certs
 from postwall.tls.policy import ServerTLS, TLSConfigError
 
 PID_FILE = "master.pid"
@@ -327,6 +328,8 @@ class Master:
         with contextlib.suppress(OSError):
             (Path(params.data_directory) / PID_FILE).unlink()
         if self.helper is not None:
+            tls_certs.set_file_reader(None)
+            self.log.set_file_opener(None)
             self.helper.stop()
         self.log.close()
 
@@ -363,7 +366,11 @@ class Master:
             home_mailbox=params.home_mailbox,
             mail_spool_directory=params.mail_spool_directory,
             recipient_delimiter=params.recipient_delimiter,
+            config_dir=str(self.config_dir),
         )
+        # A reload must still read root-only keys: the helper reads what main.cf names.
+        tls_certs.set_file_reader(self.helper.read_file)
+        self.log.set_file_opener(self.helper.open_log)
         for directory in (params.queue_directory, params.data_directory):
             fsutil.chown_tree(directory, owner.pw_uid, owner.pw_gid)
         os.setgroups([owner.pw_gid])

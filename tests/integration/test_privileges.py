@@ -15,6 +15,7 @@ import ssl
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 import peers
 
@@ -37,6 +38,15 @@ def _ids(pid: int) -> dict[str, list[int]]:
         if key in ("Uid", "Gid", "Groups"):
             out[key] = [int(v) for v in value.split()]
     return out
+
+
+def _served_cert(port: int, ctx: ssl.SSLContext) -> bytes:
+    """The DER certificate a new STARTTLS session on `port` presents."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=20) as s:
+        s.starttls(context=ctx)
+        der = s.sock.getpeercert(binary_form=True)  # type: ignore[union-attr]
+    assert der
+    return der
 
 
 def _children(pid: int) -> list[int]:
@@ -119,11 +129,23 @@ def test_root_start_drops_to_mail_owner(workdir: Path, certs: peers.TestCerts) -
         assert all(p.stat().st_uid == postfix.pw_uid for p in queue.rglob("*"))
         assert (keys / "key.pem").stat().st_uid == 0
 
-        # A reload re-reads the key as mail_owner: refused, the old settings stay.
+        # A renewed certificate and key, still root-only (as certbot leaves them), are
+        # read through the root helper at the reload: new sessions show the new one.
+        before = _served_cert(server.port, ctx)
+        keys.chmod(0o700)
+        shutil.copy(certs.mx_cert, keys / "cert.pem")
+        shutil.copy(certs.mx_key, keys / "key.pem")
+        (keys / "key.pem").chmod(0o600)
         os.kill(server.pid, signal.SIGHUP)
-        server.wait_log(r"reload failed, keeping the old configuration: .*key")
-        with smtplib.SMTP("127.0.0.1", server.port, timeout=20) as s:
-            assert s.starttls(context=ctx)[0] == 220
+        server.wait_log(r"reload -- version")
+        assert "reload failed" not in server.log_text()
+        after = _served_cert(server.port, ctx)
+        assert after != before
+        assert (
+            x509.load_der_x509_certificate(after)
+            .subject.rfc4514_string()
+            .endswith(f"CN={peers.TestCerts.MX_NAME}")
+        )
         assert server.stop() == 0
         assert not any(Path(f"/proc/{pid}").exists() for pid in helpers)
         assert not (Path(server.params["data_directory"]) / "master.pid").exists()
@@ -137,3 +159,69 @@ def test_unknown_mail_owner_stops_start_up(tmp_path: Path) -> None:
     with pytest.raises(peers.PeerError, match="mail_owner = nosuchuser9: no such user"):
         server.start()
     server.cleanup()
+
+
+def test_root_helper_opens_only_what_the_configuration_names(workdir: Path) -> None:
+    """The unprivileged side can have the root helper open a root-only TLS key or the
+    maillog_file named in main.cf, and nothing else (not /etc/shadow, not another key)."""
+    from postwall.delivery.local import DeliveryHelper
+
+    secret = workdir / "secret"
+    secret.mkdir(mode=0o700)
+    key, other, log = secret / "key.pem", secret / "other.pem", secret / "mail.log"
+    key.write_bytes(b"-----BEGIN PRIVATE KEY-----\nroot only\n")
+    other.write_bytes(b"not named anywhere\n")
+    for path in (key, other):
+        path.chmod(0o600)
+    conf = workdir / "conf"
+    conf.mkdir()
+    (conf / "main.cf").write_text(f"smtpd_tls_key_file = {key}\nmaillog_file = {log}\n")
+    (conf / "master.cf").write_text("smtp inet n - n - - smtpd\n")
+    helper = DeliveryHelper.start(
+        home_mailbox="Maildir/",
+        mail_spool_directory="",
+        recipient_delimiter="",
+        config_dir=str(conf),
+    )
+    nobody = pwd.getpwnam("nobody")
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the unprivileged side, as after the drop
+        os.close(reader)
+        result = []
+        try:
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            result.append(helper.read_file(str(key)).decode())
+            for path in ("/etc/shadow", str(other)):
+                try:
+                    helper.read_file(path)
+                    result.append(f"read {path}")
+                except PermissionError:
+                    result.append("refused")
+            fd = helper.open_log(str(log))
+            os.write(fd, b"appended by nobody\n")
+            os.close(fd)
+            try:
+                helper.open_log(str(other))
+                result.append("opened other for writing")
+            except PermissionError:
+                result.append("refused")
+        except BaseException as exc:  # reported to the parent, never raised in the child
+            result.append(f"error {exc!r}")
+        os.write(writer, "|".join(result).encode())
+        os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader, "rb") as f:
+        answer = f.read().decode()
+    os.waitpid(pid, 0)
+    helper.stop()
+    assert answer.split("|") == [
+        "-----BEGIN PRIVATE KEY-----\nroot only\n",
+        "refused",
+        "refused",
+        "refused",
+    ]
+    assert log.read_bytes() == b"appended by nobody\n"
+    assert other.read_bytes() == b"not named anywhere\n"

@@ -130,6 +130,32 @@ def test_reopen_after_rotation(tmp_path: Path) -> None:
     assert path.read_text().splitlines()[0].endswith(": after")
 
 
+def test_failed_reopen_keeps_writing_to_the_old_file(tmp_path: Path) -> None:
+    log, path = _log(tmp_path)
+    rotated = tmp_path / "maillog.1"
+    path.rename(rotated)
+
+    def refused(name: str) -> int:
+        raise PermissionError(13, "Permission denied", name)
+
+    log.set_file_opener(refused)  # as mail_owner facing a new root-owned file
+    log.reopen()
+    log.info("smtpd", "kept")
+    assert rotated.read_text().splitlines()[-1].endswith(": kept")
+    assert "Permission denied" in (log.last_error or "")
+    opened: list[str] = []
+
+    def opener(name: str) -> int:  # what the root helper hands back
+        opened.append(name)
+        return os.open(name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    log.set_file_opener(opener)
+    log.reopen()
+    log.info("smtpd", "new file")
+    assert opened == [str(path)]
+    assert path.read_text().splitlines()[0].endswith(": new file")
+
+
 def test_reopen_from_sighup_handler(tmp_path: Path) -> None:
     log, path = _log(tmp_path)
     old = signal.signal(signal.SIGHUP, lambda *_: log.reopen())

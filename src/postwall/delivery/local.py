@@ -41,6 +41,16 @@ do anyway by accepting mail: put a message into a local user's Maildir.  The hel
 keeps the settings it was started with: a change of those three parameters needs a
 restart.
 
+At a reload the helper also opens what mail_owner may not: a root-only TLS key (as
+certbot writes them) and a maillog_file that logrotate recreated as root.  `read_file`
+and `open_log` try themselves first and ask only on EACCES/EPERM; the helper opens a
+path only if the current main.cf or a master.cf override names it in an
+`smtp(d)_tls_*file(s)` parameter (read-only) or as maillog_file (append-only): it loads
+the configuration itself, as root, so the unprivileged side cannot make it open anything
+else.  It passes back the descriptor (SCM_RIGHTS).  Postfix gets the same effect by
+starting fresh smtpd processes as root after `postfix reload`, and its postlogd runs
+as root.
+
 Blocking (file I/O, fsync, maybe fork): the queue manager runs it in a thread.
 """
 
@@ -52,6 +62,7 @@ import itertools
 import json
 import os
 import pwd
+import re
 import signal
 import socket
 import struct
@@ -65,6 +76,7 @@ from pathlib import Path
 from typing import Protocol
 
 from postwall import fsutil
+from postwall.config import load as load_config
 from postwall.delivery import DeliveryResult
 
 __all__ = [
@@ -356,12 +368,18 @@ class DeliveryHelper:
 
     @classmethod
     def start(
-        cls, *, home_mailbox: str, mail_spool_directory: str, recipient_delimiter: str
+        cls,
+        *,
+        home_mailbox: str,
+        mail_spool_directory: str,
+        recipient_delimiter: str,
+        config_dir: str = "",
     ) -> DeliveryHelper:
-        """Start the helper (we must still be root) and route deliver_local() through it."""
+        """Start the helper (we must still be root) and route deliver_local() through it;
+        `config_dir` is where it finds the TLS files it may read for us."""
         global _helper
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        settings = json.dumps([home_mailbox, mail_spool_directory, recipient_delimiter])
+        settings = json.dumps([home_mailbox, mail_spool_directory, recipient_delimiter, config_dir])
         proc = subprocess.Popen(
             [
                 sys.executable,
@@ -387,6 +405,47 @@ class DeliveryHelper:
         if self._proc.poll() is None:
             self._proc.kill()
             self._proc.wait()
+
+    def read_file(self, path: str) -> bytes:
+        """A TLS file's bytes: read directly, else (EACCES, EPERM) through a descriptor
+        the root helper opened; it refuses any file the configuration does not name.
+        Raises OSError."""
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except PermissionError:
+            pass
+        with open(self._ask(b"F", path), "rb") as f:
+            return f.read()
+
+    def open_log(self, path: str) -> int:
+        """An O_APPEND descriptor for maillog_file (logrotate made a new, root-owned one):
+        opened directly, else by the root helper, which opens only maillog_file."""
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        try:
+            return os.open(path, flags, 0o644)
+        except PermissionError:
+            return self._ask(b"L", path)
+
+    def _ask(self, kind: bytes, path: str) -> int:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            with self._lock:
+                socket.send_fds(self._control, [kind], [theirs.fileno()])
+            theirs.close()
+            request = os.fsencode(path)
+            mine.sendall(struct.pack("!I", len(request)) + request)
+            mine.settimeout(10)
+            msg, fds, _flags, _addr = socket.recv_fds(mine, 5, 1)
+        finally:
+            mine.close()
+            theirs.close()
+        if msg[:1] == b"\0" and fds:
+            return fds[0]
+        for fd in fds:
+            os.close(fd)
+        code = int.from_bytes(msg[1:5], "big") if len(msg) >= 5 else errno.EIO
+        raise OSError(code, os.strerror(code), path)
 
     def deliver(
         self, message: MessageSource, recipient: str, original: str, stable_name: str | None
@@ -461,7 +520,7 @@ def helper_main() -> None:
     """The root helper's loop: one forked child per delivery request, until the
     unprivileged side closes the control socket (it stopped, or died)."""
     control = socket.socket(fileno=int(sys.argv[1]))
-    home_mailbox, spool, delimiter = json.loads(sys.argv[2])
+    home_mailbox, spool, delimiter, config_dir = json.loads(sys.argv[2])
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children reap themselves
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the server, which stops us
     while True:
@@ -473,6 +532,10 @@ def helper_main() -> None:
             return
         if not fds:
             continue
+        if msg in (b"F", b"L"):  # a quick open, served in turn: no child needed
+            with socket.socket(fileno=fds[0]) as sock, contextlib.suppress(Exception):
+                _serve_open(sock, config_dir, log=msg == b"L")
+            continue
         if os.fork() == 0:
             code = 1
             try:
@@ -483,6 +546,48 @@ def helper_main() -> None:
                 os._exit(code)
         for fd in fds:
             os.close(fd)
+
+
+_TLS_FILE = re.compile(r"(smtpd?|lmtp)_tls_\w*(file|files)")
+
+
+def helper_files(config_dir: str) -> tuple[set[str], str]:
+    """What the root helper may open for the unprivileged side: every file an
+    `smtp(d)_tls_*file(s)` parameter names in main.cf or a master.cf override, and
+    maillog_file."""
+    config = load_config(Path(config_dir))
+    names: set[str] = set()
+    for params in (config.params, *(svc.params for svc in config.services)):
+        for name, value in vars(params).items():
+            if _TLS_FILE.fullmatch(name):
+                values = value if isinstance(value, tuple) else (value,)
+                names.update(os.path.abspath(v) for v in values if isinstance(v, str) and v)
+    log = config.params.maillog_file
+    return names, os.path.abspath(log) if log else ""
+
+
+def _serve_open(sock: socket.socket, config_dir: str, *, log: bool) -> None:
+    (size,) = struct.unpack("!I", _recv_exact(sock, 4))
+    if size > 4096:
+        return
+    path = os.path.abspath(os.fsdecode(_recv_exact(sock, size)))
+    try:
+        tls_files, maillog = helper_files(config_dir) if config_dir else (set(), "")
+        if log and path == maillog:
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(path, flags, 0o644)
+        elif not log and path in tls_files:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        else:
+            raise PermissionError(errno.EACCES, "not a file this configuration names")
+    except Exception as exc:  # the configuration may not even load: refuse, never die
+        code = exc.errno if isinstance(exc, OSError) and exc.errno else errno.EACCES
+        sock.sendall(b"E" + code.to_bytes(4, "big"))
+        return
+    try:
+        socket.send_fds(sock, [b"\0"], [fd])
+    finally:
+        os.close(fd)
 
 
 def _serve_one(sock: socket.socket, home_mailbox: str, spool: str, delimiter: str) -> None:

@@ -7,6 +7,10 @@ Contract:
   mode 0600 from the start (os.open with 0o600 into a temporary name, fsync, rename), so
   it is never readable by others, not even for an instant; the how-to insists on 600.
 - `export_pkcs12` writes a client certificate bundle for mail user agents.
+- `read_file(path)` is how every TLS file (certificates, keys, CA files) is read; after the
+  privilege drop master installs a reader (`set_file_reader`) that asks the root helper
+  for files mail_owner may not open, so a reload re-reads a root-only key as Postfix's
+  freshly started smtpd processes do.
 - `inspect(cert_path, key_path=None, ca_path=None)` reads PEM files and reports subject,
   issuer, validity, fingerprints, whether the key matches and whether the chain verifies;
   unreadable or malformed input raises `CertError` naming the file.
@@ -18,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -237,12 +242,38 @@ _PEM_KEY = re.compile(
 )
 
 
+def _read_plain(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+_reader: Callable[[str], bytes] = _read_plain
+
+
+def set_file_reader(reader: Callable[[str], bytes] | None) -> None:
+    """Route `read_file` through `reader` (None: plain reads again)."""
+    global _reader
+    _reader = reader or _read_plain
+
+
+def read_file(path: str | os.PathLike[str]) -> bytes:
+    """A TLS file's bytes, through the installed reader; raises OSError."""
+    return _reader(os.fspath(path))
+
+
 def read_pem_file(path: str | os.PathLike[str]) -> tuple[list[x509.Certificate], list[PrivateKey]]:
     """Every certificate and unencrypted private key in a PEM file, in file order."""
     try:
-        data = Path(path).read_bytes()
+        data = read_file(path)
     except OSError as exc:
         raise CertError(f"cannot read {path}: {exc.strerror}") from exc
+    return parse_pem(data, path)
+
+
+def parse_pem(
+    data: bytes, path: str | os.PathLike[str]
+) -> tuple[list[x509.Certificate], list[PrivateKey]]:
+    """The certificates and unencrypted keys in PEM `data` read from `path`."""
     try:
         certs = [x509.load_pem_x509_certificate(m.group(0)) for m in _PEM_CERT.finditer(data)]
         keys = [

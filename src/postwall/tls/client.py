@@ -22,13 +22,12 @@ from postwall.tls.policy import (
     TLSConfigError,
     _apply_ciphers,
     _apply_protocols,
-    _check_readable,
-    _err,
     _from_params,
     _level_lists,
     _load_cert_key,
     _validate_digest,
     cipher_list,
+    load_verify,
 )
 
 
@@ -135,14 +134,7 @@ class ClientTLS:
             )
             self.warnings += [x for x in w if x not in self.warnings]
         if s.smtp_tls_CAfile or s.smtp_tls_CApath:
-            if s.smtp_tls_CAfile:
-                _check_readable("smtp_tls_CAfile", s.smtp_tls_CAfile)
-            try:
-                ctx.load_verify_locations(s.smtp_tls_CAfile or None, s.smtp_tls_CApath or None)
-            except SSL.Error as exc:
-                raise TLSConfigError(
-                    "smtp_tls_CAfile", f"cannot load Certification Authority data: {_err(exc)}"
-                ) from exc
+            load_verify(ctx, "smtp_tls_CAfile", s.smtp_tls_CAfile, s.smtp_tls_CApath)
         ctx.set_verify_depth(s.smtp_tls_scert_verifydepth)
         if level != "may":
             pp, gp = "smtp_tls_mandatory_protocols", "smtp_tls_mandatory_ciphers"

@@ -36,9 +36,11 @@ smtpd_tls_session_cache_database is accepted but only produces a warning, and a 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -46,6 +48,7 @@ from OpenSSL import SSL
 from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _lib
 
+from postwall import fsutil
 from postwall.tls import certs as _certs
 from postwall.tls.engine import LogFn, TLSSession
 
@@ -340,12 +343,43 @@ def _from_params(cls: Any, params: object) -> Any:
 # -- context building ------------------------------------------------------------
 
 
-def _check_readable(param: str, path: str) -> None:
+def _read(param: str, path: str) -> bytes:
     try:
-        with open(path, "rb"):
-            pass
+        return _certs.read_file(path)
     except OSError as exc:
         raise TLSConfigError(param, f'cannot read file "{path}": {exc.strerror}') from exc
+
+
+def _check_readable(param: str, path: str) -> None:
+    _read(param, path)
+
+
+@contextlib.contextmanager
+def _as_path(data: bytes | None) -> Iterator[str | None]:
+    """A path OpenSSL can open for `data` (None stays None): a memory file, so what the
+    root helper read for us never lands on disk and its owner's permissions do not apply."""
+    if data is None:
+        yield None
+        return
+    fd = os.memfd_create("postwall-tls", os.MFD_CLOEXEC)
+    try:
+        fsutil.write_all(fd, data)
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
+
+
+def load_verify(ctx: SSL.Context, param: str, cafile: str, capath: str) -> None:
+    """load_verify_locations with the CA file read through `certs.read_file`."""
+    data = _read(param, cafile) if cafile else None
+    try:
+        with _as_path(data) as path:
+            ctx.load_verify_locations(path, capath or None)
+    except SSL.Error as exc:
+        param = param if cafile else param.replace("CAfile", "CApath")
+        raise TLSConfigError(
+            param, f"cannot load Certification Authority data: {_err(exc)}"
+        ) from exc
 
 
 def _key_mode_warning(param: str, path: str) -> str | None:
@@ -365,10 +399,10 @@ def _load_cert_key(
     ctx: SSL.Context, cert_param: str, cert_file: str, key_param: str, key_file: str, what: str
 ) -> list[str]:
     """Load a certificate (chain in the same file) and its key; return warnings."""
-    _check_readable(cert_param, cert_file)
-    _check_readable(key_param, key_file)
+    cert_data = _read(cert_param, cert_file)
+    key_data = _read(key_param, key_file)
     try:
-        certs, _ = _certs.read_pem_file(cert_file)
+        certs, _ = _certs.parse_pem(cert_data, cert_file)
     except _certs.CertError as exc:
         raise TLSConfigError(cert_param, str(exc)) from exc
     if not certs:
@@ -376,7 +410,7 @@ def _load_cert_key(
             cert_param, f'cannot get {what} certificate from file "{cert_file}": no certificate'
         )
     try:
-        _, keys = _certs.read_pem_file(key_file)
+        _, keys = _certs.parse_pem(key_data, key_file)
     except _certs.CertError as exc:
         raise TLSConfigError(key_param, str(exc)) from exc
     if not keys:
@@ -389,7 +423,8 @@ def _load_cert_key(
             f'{what} private key in "{key_file}" does not match the certificate in "{cert_file}"',
         )
     try:
-        ctx.use_certificate_chain_file(cert_file)
+        with _as_path(cert_data) as path:
+            ctx.use_certificate_chain_file(path)
         ctx.use_privatekey(keys[0])  # type: ignore[arg-type]
         ctx.check_privatekey()
     except SSL.Error as exc:
@@ -402,9 +437,9 @@ def _load_cert_key(
 
 def _load_chain_file(ctx: SSL.Context, param: str, path: str) -> list[str]:
     """One smtpd_tls_chain_files entry: private key, then its certificate and issuers."""
-    _check_readable(param, path)
+    data = _read(param, path)
     try:
-        certs, keys = _certs.read_pem_file(path)
+        certs, keys = _certs.parse_pem(data, path)
     except _certs.CertError as exc:
         raise TLSConfigError(param, str(exc)) from exc
     if not keys or not certs:
@@ -573,18 +608,11 @@ class ServerTLS:
             )
 
         if s.smtpd_tls_CAfile or s.smtpd_tls_CApath:
-            if s.smtpd_tls_CAfile:
-                _check_readable("smtpd_tls_CAfile", s.smtpd_tls_CAfile)
-            try:
-                ctx.load_verify_locations(s.smtpd_tls_CAfile or None, s.smtpd_tls_CApath or None)
-            except SSL.Error as exc:
-                param = "smtpd_tls_CAfile" if s.smtpd_tls_CAfile else "smtpd_tls_CApath"
-                raise TLSConfigError(
-                    param, f"cannot load Certification Authority data: {_err(exc)}"
-                ) from exc
+            load_verify(ctx, "smtpd_tls_CAfile", s.smtpd_tls_CAfile, s.smtpd_tls_CApath)
             if self.ask_ccert and s.smtpd_tls_CAfile:
                 # The CertificateRequest names these CAs so clients pick a fitting cert.
-                ctx.load_client_ca(s.smtpd_tls_CAfile.encode())
+                with _as_path(_read("smtpd_tls_CAfile", s.smtpd_tls_CAfile)) as path:
+                    ctx.load_client_ca((path or "").encode())
         ctx.set_verify_depth(s.smtpd_tls_ccert_verifydepth)
 
         if self.required:
