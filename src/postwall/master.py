@@ -298,6 +298,7 @@ class Master:
         _check_fd_limit(services, self.log)
         self._write_pid(params)
         self.helper: DeliveryHelper | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
         if owner is not None:
             self._drop_privileges(params, owner)
         self.log.info("master", logfmt.master_started(__version__, str(self.config_dir)))
@@ -453,7 +454,11 @@ class Master:
                 # New sessions get the new settings; open sessions keep theirs, and still
                 # count towards the service's bound.
                 services[name].sessions = listener.current.sessions
-                listener.current = services[name]
+                old_svc, listener.current = listener.current, services[name]
+                if old_svc.sasl is not None:
+                    task = asyncio.get_running_loop().create_task(self._retire(old_svc))
+                    self._retiring.add(task)
+                    task.add_done_callback(self._retiring.discard)
         old, self.delivery = self.delivery, delivery
         self.qmgr.reconfigure(
             config.params, delivery.resolver, delivery.agents, delivery.sync_agents
@@ -461,6 +466,16 @@ class Master:
         await old.smtp.close()
         self.log.info("master", logfmt.master_reload(__version__, str(self.config_dir)))
         sd_notify("READY=1")
+
+    @staticmethod
+    async def _retire(svc: SmtpdService) -> None:
+        """Close a replaced service's SASL backend (its Dovecot connection) once the
+        sessions that still use it have ended."""
+        while any(session.svc is svc for session in svc.sessions):
+            await asyncio.sleep(1)
+        if svc.sasl is not None:
+            with contextlib.suppress(Exception):
+                await svc.sasl.close()
 
     async def _shutdown(self, qmgr_task: asyncio.Task[None]) -> None:
         for listener in self.listeners.values():
@@ -472,6 +487,12 @@ class Master:
             await asyncio.sleep(0.05)
         for session in sessions:
             session.abort()
+        for task in list(self._retiring):
+            task.cancel()
+        for listener in self.listeners.values():
+            if listener.current.sasl is not None:
+                with contextlib.suppress(Exception):
+                    await listener.current.sasl.close()
         await self.qmgr.stop()
         await self.delivery.smtp.close()
         qmgr_task.cancel()

@@ -200,3 +200,32 @@ def test_dovecot_path_relative_to_queue_directory(
     with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as s:
         s.ehlo("client.test")
         assert s.login("bob", PASSWORD)[0] == 235
+
+
+def _unix_sockets(pid: int) -> int:
+    fds = Path(f"/proc/{pid}/fd")
+    return sum(1 for fd in fds.iterdir() if fd.readlink().name.startswith("socket:"))
+
+
+def test_reloads_do_not_pile_up_dovecot_connections(
+    dovecot: peers.DovecotAuthServer, postwall_factory: Callable[..., peers.PostwallServer]
+) -> None:
+    server = postwall_factory(params=_params(dovecot.socket))
+    assert server.pid is not None
+
+    def login() -> None:
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as s:
+            s.ehlo("client.test")
+            assert s.login("bob", PASSWORD)[0] == 235
+
+    login()
+    before = _unix_sockets(server.pid)
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as open_session:
+        open_session.ehlo("client.test")
+        for _ in range(3):
+            server.reload()  # returns once the reload is logged
+            login()
+        # The session that began before the reloads still authenticates on the old backend.
+        assert open_session.login("bob", PASSWORD)[0] == 235
+    # Once that session is gone, the replaced backends' Dovecot connections are closed.
+    peers.wait_for(lambda: _unix_sockets(server.pid) <= before, 10, "old Dovecot sockets closed")
