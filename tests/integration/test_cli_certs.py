@@ -164,6 +164,21 @@ def test_check_reports_every_problem_with_file_and_line(initialised: Path) -> No
     res = postwall("check", "-c", str(initialised))
     assert res.returncode == 1 and "/nonexistent/aliases" in res.stderr, res.stderr
 
+    # What start-up refuses, check refuses too: Debian's stock submission service
+    # enables AUTH with Postfix's default smtpd_sasl_type (cyrus); an smtp client option.
+    _tls_main_cf(initialised, "smtp_tls_wrappermode = yes\n")
+    (initialised / "master.cf").write_text(
+        "127.0.0.1:2599 inet n - n - - smtpd\n"
+        "127.0.0.1:2600 inet n - y - - smtpd\n  -o smtpd_sasl_auth_enable=yes\n"
+    )
+    res = postwall("check", "-c", str(initialised))
+    assert res.returncode == 1
+    assert re.search(
+        rf"{initialised}/master.cf:2: .*smtpd_sasl_type = cyrus: not supported", res.stderr
+    )
+    assert re.search(rf"{main}:\d+: smtp_tls_wrappermode = yes: .*not supported", res.stderr)
+    (initialised / "master.cf").write_text("127.0.0.1:2599 inet n - n - - smtpd\n")
+
     # Soft problems are warnings and keep exit 0.
     _tls_main_cf(initialised, f"queue_directory = {initialised}/queue\nmy_unused = 1\n")
     (initialised / "certs" / "smtp.key").chmod(0o640)

@@ -15,12 +15,17 @@ import argparse
 import sys
 from pathlib import Path
 
+from postwall.anvil import Anvil
 from postwall.config import Config, ConfigError, Service, load
 from postwall.config import params as P
 from postwall.config.network import Networks
 from postwall.config.tables import TableError
 from postwall.delivery.agents import LocalAgent
+from postwall.log import MailLog
+from postwall.master import StartupError, build_delivery
 from postwall.resolve import AddressResolver
+from postwall.sasl.server import SaslServer
+from postwall.smtpd.limits import ClientLimits
 from postwall.smtpd.restrictions import NotSupported, Restrictions
 from postwall.tls import certs
 from postwall.tls.policy import ServerTLS, TLSConfigError
@@ -56,6 +61,12 @@ def check(directory: Path) -> tuple[list[str], list[str]]:
         LocalAgent(config.params, AddressResolver.from_params(config.params))
     except (TableError, ValueError, OSError) as exc:
         errors.append(f"{_table_where(config, None, str(exc))}: {exc}")
+    try:  # the delivery agents exactly as start-up builds them (smtp client TLS...)
+        build_delivery(config, MailLog())
+    except StartupError as exc:
+        errors += exc.problems
+    except (TableError, ValueError, OSError):
+        pass  # the LocalAgent check above said it with a better file:line
     queue = Path(config.params.queue_directory)
     if not queue.is_dir() and not queue.parent.is_dir():
         errors.append(
@@ -104,6 +115,9 @@ def _check_service(config: Config, svc: Service, errors: list[str], warnings: li
     try:
         resolver = AddressResolver.from_params(params)
         Restrictions(params, resolver, Networks(params.mynetworks))
+        if params.smtpd_sasl_auth_enable:
+            SaslServer(params)
+        ClientLimits(svc.name, params, Anvil())
     except TableError as exc:
         errors.append(f"{_table_where(config, svc, str(exc))}: {exc}")
     except (NotSupported, ValueError, OSError) as exc:
