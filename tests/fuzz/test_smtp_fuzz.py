@@ -18,6 +18,7 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from postwall.smtp import address
 from postwall.smtp.events import Message
 from postwall.smtp.replies import Reply
 from postwall.smtp.server import CLOSED, NEED_DATA, ServerConnection, ServerSettings
@@ -163,3 +164,16 @@ def test_random_sessions_are_split_independent(
     assert pieces == whole
     assert conn2.disconnect_summary() == conn.disconnect_summary()
     assert conn2.in_transaction == conn.in_transaction
+
+
+_ADDRESS_TEXT = st.text(alphabet='<>"\\() \t@a.b,:;[]\x00', max_size=40)
+
+
+@settings(max_examples=300 * SCALE, deadline=None)
+@given(_ADDRESS_TEXT)
+def test_address_fast_paths_agree_with_the_general_scanners(text: str) -> None:
+    """The shortcuts for text without quotes, escapes or comments give what the
+    character-by-character scanners give, for any text."""
+    assert address.split_args(text) == address._split_args_general(text)
+    assert address._strip_comments(text) == address._strip_comments_general(text)
+    assert address._last_at(text) == address._last_at_general(text)

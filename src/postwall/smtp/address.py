@@ -58,6 +58,15 @@ def split_args(text: str) -> list[str]:
     This is how Postfix's smtpd tokenises a command line, which is why
     `MAIL FROM:<a b@c>` is one (bad) address and not an address plus a parameter.
     """
+    if '"' not in text and "\\" not in text:
+        # The common case: no quotes or escapes, each <...> group inside one word.
+        words = [w for w in _BLANKS.split(text) if w]
+        if all("<" not in w or (w.count("<") == 1 and ">" in w[w.index("<") :]) for w in words):
+            return words
+    return _split_args_general(text)
+
+
+def _split_args_general(text: str) -> list[str]:
     tokens: list[str] = []
     cur: list[str] = []
     depth = 0
@@ -92,6 +101,8 @@ def split_args(text: str) -> list[str]:
 
 
 _SPECIALS = set(",;<>():[] \t")
+_BLANKS = re.compile(r"[ \t]+")
+_COMMENT_OR_QUOTE = re.compile(r'[()"\\]')
 _LABEL = re.compile(
     r"[A-Za-z0-9_\x80-\U0010ffff](?:[A-Za-z0-9_\-\x80-\U0010ffff]*"
     r"[A-Za-z0-9_\x80-\U0010ffff])?"
@@ -100,6 +111,12 @@ _LABEL = re.compile(
 
 def _strip_comments(text: str) -> str | None:
     """Drop RFC 5322 comments outside quotes; None if they do not balance."""
+    if not _COMMENT_OR_QUOTE.search(text):
+        return text
+    return _strip_comments_general(text)
+
+
+def _strip_comments_general(text: str) -> str | None:
     out: list[str] = []
     depth = 0
     quoted = escaped = False
@@ -163,6 +180,12 @@ def _valid_local(local: str) -> bool:
 
 def _last_at(text: str) -> int:
     """Index of the last '@' outside quotes and escapes, or -1."""
+    if '"' not in text and "\\" not in text:
+        return text.rfind("@")
+    return _last_at_general(text)
+
+
+def _last_at_general(text: str) -> int:
     pos = -1
     quoted = escaped = False
     for i, ch in enumerate(text):
