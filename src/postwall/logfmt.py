@@ -102,6 +102,8 @@ def format_delay(seconds: float, max_dig: int = DELAY_RESOLUTION_LIMIT) -> str:
     """:func:`format_tv` for a float number of seconds (negative counts as 0,
     as Postfix does when the clock jumps back)."""
     micros = max(round(seconds * 1_000_000), 0)
+    if micros < 10 ** (6 - min(max(max_dig, 0), 6)) // 2:
+        return "0"  # rounds to zero: most delays= parts of a local delivery
     return format_tv(micros // 1_000_000, micros % 1_000_000, 2, max_dig)
 
 
