@@ -380,6 +380,24 @@ def test_files_that_are_not_plain_queue_files_are_unlinked_not_recycled(
         assert (store.directory / "saved").read_bytes() == before
 
 
+def test_a_reader_never_gets_a_recycled_file_for_the_old_id(
+    store: QueueStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """mailq in another process opens a file the server finishes and recycles while it
+    reads: the load reports the file gone instead of returning torn or foreign bytes."""
+    _no_background_spares(store, monkeypatch)
+    qid = store.commit_sync(envelope(), b"x\r\n")
+    real_parse = store_mod.records.parse
+
+    def parse_while_the_server_recycles(fp, queue_id):  # type: ignore[no-untyped-def]
+        store.remove_sync(qid, durable=False)  # renamed into tmp/, to be overwritten
+        return real_parse(fp, queue_id)
+
+    monkeypatch.setattr(store_mod.records, "parse", parse_while_the_server_recycles)
+    with pytest.raises(FileNotFoundError):
+        store.load_sync(qid, "incoming")
+
+
 def test_a_store_without_spares_never_recycles(tmp_path: Path) -> None:
     tool = QueueStore(tmp_path / "q", spare_ids=0)  # as postsuper and sendmail open it
     qid = tool.commit_sync(envelope(), b"x\r\n")

@@ -50,6 +50,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import errno
 import itertools
 import os
 import secrets
@@ -687,8 +688,14 @@ class QueueStore:
         found, path = self._find(queue_id, state)
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            with open(fd, "rb", closefd=False, buffering=8192) as fp:
-                parsed = records.parse(fp, queue_id)
+            try:
+                with open(fd, "rb", closefd=False, buffering=8192) as fp:
+                    parsed = records.parse(fp, queue_id)
+            finally:
+                # Still this name's file?  A finished file is recycled (renamed into tmp/,
+                # then overwritten): what a reader in another process got may be torn.
+                if os.lstat(path).st_ino != os.fstat(fd).st_ino:
+                    raise FileNotFoundError(errno.ENOENT, "queue file moved", path)
         except BaseException:
             os.close(fd)
             raise
