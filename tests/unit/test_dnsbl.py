@@ -31,7 +31,14 @@ def make(tmp_path: Path, **kw: object) -> Restrictions:
         "local_recipient_maps": (),
         "config_directory": str(tmp_path),
     }
-    values.update({k: tuple(v.split()) if isinstance(v, str) else v for k, v in kw.items()})
+    values.update(
+        {
+            k: tuple(v.replace(",", " ").split())
+            if isinstance(v, str) and k.endswith(("restrictions", "maps"))
+            else v
+            for k, v in kw.items()
+        }
+    )
     params = dataclasses.replace(Params(), **values)  # type: ignore[arg-type]
     return Restrictions(params, AddressResolver.from_params(params), Networks(params.mynetworks))
 
