@@ -333,3 +333,46 @@ def test_forged_name_passes_the_reverse_check(unbound: peers.Unbound, postwall_f
         550,
         "5.7.1 Client host rejected: cannot find your reverse hostname, [127.0.0.7]",
     )
+
+
+# -- against Postfix 3.7: client names through libc, as both look them up ----------------
+
+
+def test_client_name_rejects_match_postfix(postwall_factory, postfix_factory) -> None:  # type: ignore[no-untyped-def]
+    """127.0.0.2 has no name (not in /etc/hosts, no PTR): the same replies and log lines
+    from a private Postfix and from postwall, with the same restrictions."""
+    del postfix_factory  # only checks root and the tools; the instance is made below
+    params = {
+        "mynetworks": "192.0.2.0/24",
+        "unknown_client_reject_code": "550",
+        "smtpd_client_restrictions": "warn_if_reject, reject_unknown_reverse_client_hostname, "
+        "reject_unknown_client_hostname",
+    }
+    postfix = peers.PostfixInstance.create(params, port=peers.free_port())
+    try:
+        postfix.start()
+        server = postwall_factory(params=params)
+        replies = [
+            _session(port, "127.0.0.2", "a@example.org") for port in (postfix.port, server.port)
+        ]
+        assert (
+            replies[0]
+            == replies[1]
+            == (
+                550,
+                "5.7.25 Client host rejected: cannot find your hostname, [127.0.0.2]",
+            )
+        )
+        for peer in (postfix, server):
+            peer.wait_log(
+                r"NOQUEUE: reject_warning: RCPT from unknown\[127\.0\.0\.2\]: 550 5\.7\.1 Client "
+                r"host rejected: cannot find your reverse hostname, \[127\.0\.0\.2\]; "
+                r"from=<a@example\.org> to=<root@localhost> proto=ESMTP helo=<client\.example>"
+            )
+            peer.wait_log(
+                r"NOQUEUE: reject: RCPT from unknown\[127\.0\.0\.2\]: 550 5\.7\.25 Client host "
+                r"rejected: cannot find your hostname, \[127\.0\.0\.2\]; from=<a@example\.org> "
+                r"to=<root@localhost> proto=ESMTP helo=<client\.example>"
+            )
+    finally:
+        postfix.destroy()
