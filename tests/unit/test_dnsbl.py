@@ -178,3 +178,14 @@ def test_libc_lookup_of_loopback_clients() -> None:
     assert asyncio.run(look("127.0.0.1")) == PeerName("localhost", "localhost", OK, OK)
     assert asyncio.run(look("127.0.0.2")) == PeerName("unknown", "unknown", PERM, PERM)
     assert asyncio.run(look("not an address")) == PeerName()
+
+
+@pytest.mark.parametrize("template", ["$rbl_code ${rbl_reason", "$rbl_code $no_such_name"])
+def test_bad_default_reply_stops_start_up(tmp_path: Path, template: str) -> None:
+    with pytest.raises(ValueError, match="bad default rbl reply template"):
+        make(
+            tmp_path,
+            smtpd_client_restrictions="reject_rbl_client rbl.example",
+            default_rbl_reply=template,
+        )
+    make(tmp_path, default_rbl_reply=template)  # only checked where a list is used

@@ -265,9 +265,12 @@ def filter_matches(octets: tuple[Octet, ...], address: str) -> bool:
     )
 
 
-def address_query(addr: str, domain: str) -> str:
-    """Reversed IPv4 octets or IPv6 nibbles, then the list's domain."""
-    ip = ipaddress.ip_address(addr)
+def address_query(addr: str, domain: str) -> str | None:
+    """Reversed IPv4 octets or IPv6 nibbles, then the list's domain (None: no address)."""
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return None
     if ip.version == 6:
         nibbles = ip.exploded.replace(":", "")
         return ".".join(reversed(nibbles)) + "." + domain
@@ -437,10 +440,41 @@ def _lookups(r: Restrictions) -> DnsxlLookups:
     return found  # type: ignore[no-any-return]
 
 
+# Every $name a reply template may use (Postfix rbl_expand_lookup, smtpd_expand_lookup).
+_NAMES = [
+    "rbl_code",
+    "rbl_domain",
+    "rbl_reason",
+    "rbl_txt",
+    "rbl_what",
+    "rbl_class",
+    "server_name",
+    "client",
+    "client_port",
+    "client_address",
+    "client_name",
+    "reverse_client_name",
+    "helo_name",
+    "localtime",
+    "sender",
+    "sender_name",
+    "sender_domain",
+    "recipient",
+    "recipient_name",
+    "recipient_domain",
+]
+
+
 def _spec(r: Restrictions, arg: str) -> tuple[str, tuple[Octet, ...] | None]:
     """ "domain[=pattern]" -> (domain, parsed pattern); opens rbl_reply_maps once."""
     if getattr(r, "_rbl_reply_maps", None) is None:
         r._rbl_reply_maps = [r._table(ref, "rbl_reply_maps") for ref in r.p.rbl_reply_maps]  # type: ignore[attr-defined]
+        # Postfix finds a bad default template at the first listing (fatal); say so now.
+        text, unknown = expand_reply(r.p.default_rbl_reply, dict.fromkeys(_NAMES, "x").get, "x")
+        if text is None or unknown:
+            raise ValueError(
+                f"default_rbl_reply: bad default rbl reply template: {r.p.default_rbl_reply}"
+            )
     domain, eq, pattern = arg.partition("=")
     if not domain:
         raise ValueError(f'empty DNS list domain in "{arg}"')
@@ -557,7 +591,8 @@ def _reject_addr(r: Restrictions, arg: str) -> Check:
     async def check(ctx: _Ctx, name: str, cls: str) -> Status:
         from postwall.smtpd.restrictions import CLIENT
 
-        found = await _find(r, ctx, address_query(ctx.c.addr, domain), octets)
+        query = address_query(ctx.c.addr, domain)
+        found = None if query is None else await _find(r, ctx, query, octets)
         if not isinstance(found, Listing):
             return None
         return _reply(r, ctx, found, arg, ctx.c.addr, CLIENT)
@@ -590,9 +625,10 @@ def _permit_addr(r: Restrictions, arg: str) -> Check:
     async def check(ctx: _Ctx, name: str, cls: str) -> Status:
         from postwall.smtpd.restrictions import CLIENT
 
-        if not _allowlisting(r, ctx):
+        query = address_query(ctx.c.addr, domain)
+        if query is None or not _allowlisting(r, ctx):
             return None
-        found = await _find(r, ctx, address_query(ctx.c.addr, domain), octets)
+        found = await _find(r, ctx, query, octets)
         return _permit(r, ctx, found, ctx.c.addr, CLIENT)
 
     return check
