@@ -669,8 +669,8 @@ class Params:
     )
     postwall_dns_servers: tuple[str, ...] = _l(
         "",
-        "postwall only: name servers (address[:port]) for outbound lookups; "
-        "empty: /etc/resolv.conf.",
+        "postwall only: name servers (address[:port]) for MX, restriction and client-name "
+        "lookups; empty: /etc/resolv.conf (client names: libc).",
         postwall=True,
     )
     smtp_helo_name: str = _s("$myhostname", "Name sent in EHLO/HELO.", HOSTNAME)
