@@ -41,7 +41,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import dns.asyncresolver
 import dns.exception
@@ -108,42 +108,55 @@ async def lookup_client_name(
     loop: asyncio.AbstractEventLoop, addr: str, servers: tuple[str, ...] = ()
 ) -> PeerName:
     """Postfix smtpd_peer_sockaddr_to_hostname(): the PTR name, then its forward check."""
+    resolver = _name_resolver(servers) if servers else None
+    ptr: list[str] = []  # the PTR name, once known
+    try:
+        async with asyncio.timeout(_NAME_TIMEOUT):
+            return await _lookup(loop, addr, resolver, ptr)
+    except TimeoutError:
+        if not ptr:
+            return PeerName(UNKNOWN, UNKNOWN, TEMP, TEMP)
+        warning = f"hostname {ptr[0]} does not resolve to address {addr}: {_EAI_AGAIN_TEXT}"
+        return PeerName(UNKNOWN, ptr[0], TEMP, OK, (warning,))
+
+
+async def _lookup(
+    loop: asyncio.AbstractEventLoop,
+    addr: str,
+    resolver: dns.asyncresolver.Resolver | None,
+    ptr: list[str],
+) -> PeerName:
     from postwall.smtpd.restrictions import valid_hostname
 
     try:
-        ip = ipaddress.ip_address(addr)
-    except ValueError:
-        return PeerName()
-    resolver = _name_resolver(servers) if servers else None
-    try:
-        async with asyncio.timeout(_NAME_TIMEOUT):
-            if resolver is None:
-                flags = socket.NI_NAMEREQD | socket.NI_NUMERICSERV
-                name = (await loop.getnameinfo((addr, 0), flags))[0]
-            else:
-                name = await _dns_ptr(resolver, ip)
+        if resolver is None:
+            flags = socket.NI_NAMEREQD | socket.NI_NUMERICSERV
+            name = (await loop.getnameinfo((addr, 0), flags))[0]
+        else:
+            name = await _dns_ptr(resolver, addr)
     except _NameError as err:
         status = TEMP if err.temporary else PERM
         return PeerName(UNKNOWN, UNKNOWN, status, status)
     except socket.gaierror as err:
         status = TEMP if err.errno in _TEMP_EAI else PERM
         return PeerName(UNKNOWN, UNKNOWN, status, status)
-    except (OSError, TimeoutError, UnicodeError):
+    except (OSError, UnicodeError):
         return PeerName(UNKNOWN, UNKNOWN, TEMP, TEMP)
     # Postfix sockaddr_to_hostname(): a numeric or malformed name is no name.
-    if _is_address(name):
+    if not name.strip("0123456789abcdefABCDEF.:") and _is_address(name):
         return PeerName(warnings=(f"numeric hostname: {name}",))
     if not valid_hostname(name):
         return PeerName()
+    ptr.append(name)
+    v6 = ":" in addr
     try:
-        async with asyncio.timeout(_NAME_TIMEOUT):
-            if resolver is None:
-                family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-                infos = await loop.getaddrinfo(name, None, family=family, type=socket.SOCK_STREAM)
-                found = [str(info[4][0]) for info in infos]
-            else:
-                found = await _dns_addresses(resolver, name, ip.version)
-    except (_NameError, socket.gaierror, OSError, TimeoutError, UnicodeError) as err:
+        if resolver is None:
+            family = socket.AF_INET6 if v6 else socket.AF_INET
+            infos = await loop.getaddrinfo(name, None, family=family, type=socket.SOCK_STREAM)
+            found = [str(info[4][0]) for info in infos]
+        else:
+            found = await _dns_addresses(resolver, name, v6)
+    except (_NameError, socket.gaierror, OSError, UnicodeError) as err:
         if isinstance(err, _NameError):
             temporary, text = err.temporary, err.text
         elif isinstance(err, socket.gaierror):
@@ -152,19 +165,27 @@ async def lookup_client_name(
             temporary, text = True, _EAI_AGAIN_TEXT
         warning = f"hostname {name} does not resolve to address {addr}: {text}"
         return PeerName(UNKNOWN, name, TEMP if temporary else FORGED, OK, (warning,))
-    for text in found:
-        try:
-            if ipaddress.ip_address(text.partition("%")[0]) == ip:
-                return PeerName(name, name, OK, OK)
-        except ValueError:
-            continue
+    if addr in found or (v6 and _same_ipv6(addr, found)):
+        return PeerName(name, name, OK, OK)
     warning = f"hostname {name} does not resolve to address {addr}"
     return PeerName(UNKNOWN, name, FORGED, OK, (warning,))
 
 
-async def _dns_ptr(resolver: dns.asyncresolver.Resolver, ip: Any) -> str:
+def _same_ipv6(addr: str, found: list[str]) -> bool:
     try:
-        answer = await resolver.resolve(dns.reversename.from_address(str(ip)), "PTR", search=False)
+        ip = ipaddress.ip_address(addr)
+        return any(ipaddress.ip_address(f.partition("%")[0]) == ip for f in found)
+    except ValueError:
+        return False
+
+
+async def _dns_ptr(resolver: dns.asyncresolver.Resolver, addr: str) -> str:
+    try:
+        query = dns.reversename.from_address(addr)
+    except (dns.exception.SyntaxError, ValueError):
+        raise _NameError(False, _EAI_NONAME_TEXT) from None
+    try:
+        answer = await resolver.resolve(query, "PTR", search=False)
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
         raise _NameError(False, _EAI_NONAME_TEXT) from None
     except (dns.exception.DNSException, OSError):
@@ -172,11 +193,9 @@ async def _dns_ptr(resolver: dns.asyncresolver.Resolver, ip: Any) -> str:
     return str(answer[0].target.to_text(omit_final_dot=True))  # type: ignore[attr-defined]
 
 
-async def _dns_addresses(
-    resolver: dns.asyncresolver.Resolver, name: str, version: int
-) -> list[str]:
+async def _dns_addresses(resolver: dns.asyncresolver.Resolver, name: str, v6: bool) -> list[str]:
     try:
-        answer = await resolver.resolve(name, "AAAA" if version == 6 else "A", search=False)
+        answer = await resolver.resolve(name, "AAAA" if v6 else "A", search=False)
     except dns.resolver.NXDOMAIN:
         raise _NameError(False, _EAI_NONAME_TEXT) from None
     except dns.resolver.NoAnswer:
