@@ -29,7 +29,7 @@ Semantics are Postfix 3.7's (smtpd_peer.c, smtpd_check.c):
   each value, an unknown $name makes the template bad: a warning, then the default).
 
 Results are cached per restriction set (a reload starts afresh): listings for their
-DNS TTL (at most an hour), misses for a minute, temporary failures not at all.
+DNS TTL (at most an hour), misses for a minute, temporary failures for 30 seconds.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ _TXT_LIMIT = 500  # Postfix RBL_TXT_LIMIT
 _NAME_TIMEOUT = 10.0
 _CACHE_SIZE = 1000
 _MISS_TTL = 60.0
+_SOFT_TTL = 30.0  # also keeps the "RBL lookup error" warning to one per query and period
 _HIT_TTL_MAX = 3600.0
 
 
@@ -341,7 +342,7 @@ class DnsxlLookups:
     def __init__(self, resolver: Callable[[], dns.asyncresolver.Resolver], timeout: float) -> None:
         self._resolver = resolver
         self._timeout = timeout
-        self._cache: dict[str, tuple[float, Listing | None]] = {}
+        self._cache: dict[str, tuple[float, Found]] = {}
 
     async def find(self, query: str, notices: list[tuple[str, str]]) -> Found:
         """Postfix rbl_pagein(): A records, then TXT records of a listed name."""
@@ -365,6 +366,7 @@ class DnsxlLookups:
                     f"Name service error for name={query} type=A: Host not found, try again",
                 )
             )
+            self._remember(query, now + _SOFT_TTL, SOFT)
             return SOFT
         listing = Listing(
             tuple(r.address for r in answer),  # type: ignore[attr-defined]
@@ -391,7 +393,7 @@ class DnsxlLookups:
                 out += " / "
         return out
 
-    def _remember(self, query: str, expires: float, value: Listing | None) -> None:
+    def _remember(self, query: str, expires: float, value: Found) -> None:
         if len(self._cache) >= _CACHE_SIZE:
             self._cache.pop(next(iter(self._cache)))
         self._cache.pop(query, None)
