@@ -257,6 +257,8 @@ def test_failing_lists(unbound: peers.Unbound, tmp_path: Path) -> None:
             "Name service error for name=7.0.0.127.refused.test type=A: Host not found, try again",
         )
     ]
+    # The failure is remembered for a while: the next RCPT does not log it again.
+    assert _rcpt(r, _client(unbound, "127.0.0.7")) == (reply, [])
     r = _make(
         unbound,
         tmp_path,
