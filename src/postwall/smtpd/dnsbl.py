@@ -131,6 +131,7 @@ async def _lookup(
 
     try:
         if resolver is None:
+            # NI_NUMERICSERV: no /etc/services parse for a port nobody reads.
             flags = socket.NI_NAMEREQD | socket.NI_NUMERICSERV
             name = (await loop.getnameinfo((addr, 0), flags))[0]
         else:
