@@ -609,7 +609,11 @@ class Unbound:
             # RFC 6761 names are built-in local zones; let the auth-zones answer instead.
             '    local-zone: "test." nodefault\n'
             '    local-zone: "refused.test." always_refuse\n'
-            f"{auth}"
+            # Reverse zones (127.in-addr.arpa...) are built in too.
+            + "".join(
+                f'    local-zone: "{o}." nodefault\n' for o in self.zones if o.endswith(".arpa")
+            )
+            + f"{auth}"
             "remote-control:\n"
             "    control-enable: no\n"
         )

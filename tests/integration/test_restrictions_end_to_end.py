@@ -124,7 +124,7 @@ def test_unsupported_restriction_stops_start_up(tmp_path):  # type: ignore[no-un
         "compatibility_level = 3.6\n"
         f"queue_directory = {tmp_path / 'q'}\n"
         "smtpd_client_restrictions = permit_mynetworks,\n"
-        "    reject_rbl_client zen.example\n"
+        "    reject_unverified_sender\n"
     )
     port = peers.free_port()
     (tmp_path / "master.cf").write_text(f"127.0.0.1:{port} inet n - n - - smtpd\n")
@@ -132,5 +132,5 @@ def test_unsupported_restriction_stops_start_up(tmp_path):  # type: ignore[no-un
     assert res.returncode != 0
     assert (
         f"{tmp_path}/main.cf:3: service 127.0.0.1:{port}: smtpd_client_restrictions: "
-        "restriction 'reject_rbl_client' is not supported by postwall"
+        "restriction 'reject_unverified_sender' is not supported by postwall"
     ) in res.stderr, res.stderr

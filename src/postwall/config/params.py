@@ -334,6 +334,24 @@ class Params:
     defer_code: int = _i("450", "Code for the defer restriction.")
     unknown_address_reject_code: int = _i("450", "Code for unknown sender/recipient domains.")
     unknown_hostname_reject_code: int = _i("450", "Code for reject_unknown_helo_hostname.")
+    unknown_client_reject_code: int = _i(
+        "450", "Code for reject_unknown_client_hostname and reject_unknown_reverse_client_hostname."
+    )
+    maps_rbl_reject_code: int = _i("554", "Code ($rbl_code) for a listed DNS deny-list entry.")
+    # Raw (Postfix expands it per reply, with the $rbl_* names): kept unexpanded.
+    default_rbl_reply: str = _s(
+        "$rbl_code Service unavailable; $rbl_class [$rbl_what] blocked using $rbl_domain"
+        "${rbl_reason?; $rbl_reason}",
+        "Reply template for the reject_rbl_* and reject_rhsbl_* restrictions.",
+        verbatim=True,
+    )
+    rbl_reply_maps: tuple[str, ...] = _l("", "Tables: DNS list argument to a reply template.")
+    smtpd_expansion_filter: str = _s(
+        "\\t\\40!\"#$%&'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\\\]^_`"
+        "abcdefghijklmnopqrstuvwxyz{|}~",
+        "Characters allowed in $name values of smtpd reply templates (others become _).",
+        verbatim=True,
+    )
     invalid_hostname_reject_code: int = _i("501", "Code for reject_invalid_helo_hostname.")
     non_fqdn_reject_code: int = _i("504", "Code for the reject_non_fqdn_* restrictions.")
     plaintext_reject_code: int = _i("450", "Code for reject_plaintext_session.")
@@ -651,8 +669,8 @@ class Params:
     )
     postwall_dns_servers: tuple[str, ...] = _l(
         "",
-        "postwall only: name servers (address[:port]) for outbound lookups; "
-        "empty: /etc/resolv.conf.",
+        "postwall only: name servers (address[:port]) for MX, restriction and client-name "
+        "lookups; empty: /etc/resolv.conf (client names: libc).",
         postwall=True,
     )
     smtp_helo_name: str = _s("$myhostname", "Name sent in EHLO/HELO.", HOSTNAME)

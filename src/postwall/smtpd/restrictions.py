@@ -46,8 +46,10 @@ import dns.resolver
 from postwall.config.network import Networks
 from postwall.config.params import Params, split_list
 from postwall.config.tables import NotSupportedError, Table, TableError, open_table
+from postwall.dns import make_resolver
 from postwall.resolve import AddressClass, AddressResolver, internal_form, split_address
 from postwall.smtp.replies import Reply
+from postwall.smtpd import dnsbl
 
 T = TypeVar("T")
 
@@ -80,6 +82,7 @@ class ClientState:
 
     name: str
     addr: str
+    peer: dnsbl.PeerName | None = None  # name lookup statuses; None: implied by `name`
     helo: str | None = None
     sender: str | None = None  # internal form; "" is the null sender
     protocol: str = "SMTP"
@@ -176,6 +179,8 @@ class Restrictions:
         self.p = params
         self._resolver = resolver
         self._networks = networks
+        if dns_resolver is None and params.postwall_dns_servers:
+            dns_resolver = make_resolver(list(params.postwall_dns_servers), timeout=dns_timeout)
         self._dns = dns_resolver
         self._dns_timeout = dns_timeout
         self._base = Path(params.config_directory)
@@ -264,6 +269,14 @@ class Restrictions:
                     raise NotSupported(f"{param}: {low}: search_order lists are not supported")
                 table = self._table(ref, param)
                 out.append(_Item(low, _TABLE_CHECKS[low](self, table, ref)))
+                i += 2
+                continue
+            if low in dnsbl.DOMAIN_CHECKS:
+                # Postfix takes the next word as the DNS list's domain[=pattern].
+                if i + 1 >= len(names):
+                    raise ValueError(f"{param}: restriction {low} requires domain name argument")
+                self.uses_dns = True
+                out.append(_Item(low, dnsbl.DOMAIN_CHECKS[low](self, names[i + 1])))
                 i += 2
                 continue
             factory = _CHECKS.get(low)
@@ -1238,6 +1251,7 @@ _CHECKS: dict[str, Factory] = {
     "reject_authenticated_sender_login_mismatch": lambda r: _login_mismatch(r, "authenticated"),
     "reject_known_sender_login_mismatch": lambda r: _login_mismatch(r, "known"),
     "reject_unauthenticated_sender_login_mismatch": lambda r: _login_mismatch(r, "unauthenticated"),
+    **dnsbl.CHECKS,
 }
 _DNS_CHECKS = frozenset(
     {
@@ -1246,6 +1260,7 @@ _DNS_CHECKS = frozenset(
         "reject_unknown_sender_domain",
         "reject_unknown_address",
         "reject_unknown_recipient_domain",
+        *dnsbl.DOMAIN_CHECKS,
     }
 )
 _TABLE_CHECKS: dict[str, TableFactory] = {

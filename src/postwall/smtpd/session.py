@@ -39,6 +39,7 @@ from postwall.smtp import events as ev
 from postwall.smtp import replies
 from postwall.smtp.replies import Reply
 from postwall.smtp.server import CLOSED, NEED_DATA, ServerConnection, ServerSettings
+from postwall.smtpd.dnsbl import PeerName, lookup_client_name
 from postwall.smtpd.limits import ClientLimits, Limit, SessionLimits
 from postwall.smtpd.restrictions import ClientState, Decision, Restrictions, run_now
 from postwall.tls import describe
@@ -140,7 +141,15 @@ class SmtpSession(asyncio.Protocol):
     async def _start(self) -> None:
         try:
             if self.params.smtpd_peername_lookup:
-                self.client.name = await _reverse_lookup(self.loop, self.client.addr)
+                peer = await lookup_client_name(
+                    self.loop, self.client.addr, self.params.postwall_dns_servers
+                )
+                for warning in peer.warnings:
+                    self.log.warning("smtpd", warning)
+                self.client.name, self.client.peer = peer.name, peer
+            else:
+                self.client.peer = PeerName()  # Postfix: both names unknown, permanently
+            self.client.extra["client_port"] = str(self.client_port)
             self.peer = f"{self.client.name}[{self.client.addr}]"
             self.log.info("smtpd", logfmt.connect(self.client.name, self.client.addr))
             if self.svc.sasl is not None:
@@ -923,18 +932,3 @@ def _plain_addr(addr: str) -> str:
 
 def _is_loopback(addr: str) -> bool:
     return addr.startswith("127.") or addr == "::1"
-
-
-async def _reverse_lookup(loop: asyncio.AbstractEventLoop, addr: str) -> str:
-    """Postfix's rule: the PTR name counts only if it resolves back to the address."""
-    try:
-        async with asyncio.timeout(5):
-            # NI_NUMERICSERV: no /etc/services parse for a port nobody reads.
-            flags = socket.NI_NAMEREQD | socket.NI_NUMERICSERV
-            name, _ = await loop.getnameinfo((addr, 0), flags)
-            infos = await loop.getaddrinfo(name, None, type=socket.SOCK_STREAM)
-    except (OSError, TimeoutError, UnicodeError):
-        return "unknown"
-    if any(_plain_addr(str(info[4][0])) == addr for info in infos):
-        return name
-    return "unknown"
