@@ -44,6 +44,7 @@ from postwall.delivery.agents import (
 from postwall.delivery.local import DeliveryHelper
 from postwall.delivery.smtp import SmtpAgent
 from postwall.log import MailLog
+from postwall.pickup import PickupServer
 from postwall.qmgr import QueueManager
 from postwall.queue import wakeup
 from postwall.queue.store import QueueStore
@@ -314,6 +315,12 @@ class Master:
         except OSError as exc:
             wake_sock = None
             self.log.warning("master", f"wake-up socket {params.queue_directory}: {exc}")
+        # Local users' sendmail (Postfix's postdrop and pickup): public/pickup.
+        self.pickup = PickupServer(params, self.cleanup, self.log)
+        try:
+            await self.pickup.listen(params.queue_directory)
+        except OSError as exc:
+            self.log.warning("master", f"submission socket {params.queue_directory}: {exc}")
         qmgr_task = loop.create_task(self.qmgr.run())
         stats_task = loop.create_task(self._anvil_statistics(params.anvil_status_update_time))
         self.ready.set()
@@ -323,6 +330,7 @@ class Master:
         self.log.info("master", logfmt.master_terminating(signal.SIGTERM))
         if wake_sock is not None:
             wakeup.close(wake_sock, params.queue_directory)
+        self.pickup.close(params.queue_directory)
         stats_task.cancel()
         await self._shutdown(qmgr_task)
         self._log_anvil_statistics()
@@ -449,6 +457,7 @@ class Master:
             return
         self.log.reopen()
         self.anvil.time_unit = config.params.anvil_rate_time_unit
+        self.pickup.params = config.params
         for name, listener in self.listeners.items():
             if name in services:
                 # New sessions get the new settings; open sessions keep theirs, and still

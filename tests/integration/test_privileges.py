@@ -12,7 +12,10 @@ import signal
 import smtplib
 import socket
 import ssl
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -125,7 +128,9 @@ def test_root_start_drops_to_mail_owner(workdir: Path, certs: peers.TestCerts) -
 
         queue = Path(server.params["queue_directory"])
         st = queue.stat()
-        assert (st.st_uid, st.st_mode & 0o777) == (postfix.pw_uid, 0o700)
+        # Searchable, not listable: users reach public/pickup; the states stay 0700.
+        assert (st.st_uid, st.st_mode & 0o777) == (postfix.pw_uid, 0o711)
+        assert (queue / "incoming").stat().st_mode & 0o777 == 0o700
         assert all(p.stat().st_uid == postfix.pw_uid for p in queue.rglob("*"))
         assert (keys / "key.pem").stat().st_uid == 0
 
@@ -225,3 +230,83 @@ def test_root_helper_opens_only_what_the_configuration_names(workdir: Path) -> N
     ]
     assert log.read_bytes() == b"appended by nobody\n"
     assert other.read_bytes() == b"not named anywhere\n"
+
+
+def _as_nobody(work: Callable[[], object]) -> str:
+    """Run `work` in a child that became nobody (as a local user's sendmail runs); its
+    return value or exception, as text.  Forked, not exec'ed: the interpreter stays the
+    test's, which an unprivileged user may not be able to start."""
+    nobody = pwd.getpwnam("nobody")
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(reader)
+        try:
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            result = repr(work())
+        except BaseException as exc:  # reported to the parent, never raised in the child
+            result = f"error {exc!r}"
+        os.write(writer, result.encode())
+        os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader, "rb") as f:
+        answer = f.read().decode()
+    os.waitpid(pid, 0)
+    return answer
+
+
+def test_a_local_user_submits_through_the_server(workdir: Path) -> None:
+    """sendmail run by an ordinary user, who may not write the queue, hands the message
+    to the server over public/pickup: queued under the kernel's uid, delivered."""
+    from postwall import pickup
+    from postwall.queue import Recipient
+    from postwall.tools import sendmail
+
+    server = peers.PostwallServer(
+        config_dir=workdir / "conf",
+        params={"mydestination": "postwall.test, localhost", "message_size_limit": "100000"},
+    )
+    try:
+        server.start()
+        conf = str(server.config_dir)
+        queue = Path(server.params["queue_directory"])
+        assert (queue.stat().st_mode & 0o777, (queue / "public").stat().st_mode & 0o777) == (
+            0o711,
+            0o711,
+        )
+        assert (queue / "incoming").stat().st_mode & 0o777 == 0o700
+
+        def send() -> int:
+            message = b"Subject: from a user\n\nhello\n"
+            r, w = os.pipe()
+            os.write(w, message)
+            os.close(w)
+            os.dup2(r, 0)
+            sys.stdin = open(0, closefd=False)  # noqa: SIM115 - the child's stdin, once
+            return sendmail.main(["-C", conf, "root@localhost"])
+
+        assert _as_nobody(send) == "0"
+        server.wait_log(r"postfix-postwall/pickup\[\d+\]: [0-9A-F]+: uid=65534 from=<nobody@")
+        [msg] = peers.wait_maildir(server.maildir("root"))
+        assert b"from userid 65534)" in msg and b"Subject: from a user" in msg
+
+        # The request cannot smuggle SMTP through an address, nor exceed the size limit.
+        bad = pickup.Request("nobody@postwall.test", [Recipient("x@y>\r\nDATA")], b"x\r\n")
+        big = pickup.Request("nobody@postwall.test", [Recipient("root@localhost")], b"x" * 200000)
+        answers = _as_nobody(
+            lambda: [_pickup_answer(pickup, queue, request) for request in (bad, big)]
+        )
+        assert "refused 5.5.4 Error: malformed submission: bad address syntax" in answers
+        assert "'refused 5.3.4 Error: message file too big temporary=False'" in answers, answers
+        assert len(peers.maildir_messages(server.maildir("root"))) == 1
+    finally:
+        server.cleanup()
+
+
+def _pickup_answer(pickup: Any, queue: Path, request: Any) -> str:
+    try:
+        return f"queued {pickup.submit(queue, request)}"
+    except pickup.PickupError as exc:
+        return f"refused {exc} temporary={exc.temporary}"

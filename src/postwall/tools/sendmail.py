@@ -44,7 +44,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from postwall import logfmt
+from postwall import logfmt, pickup
 from postwall.cleanup import Cleanup, Submission
 from postwall.config import Config
 from postwall.delivery.agents import LocalAgent
@@ -494,18 +494,28 @@ def _full_name(opts: Options, env: _Env) -> str:
     return gecos.replace("&", env.login[:1].upper() + env.login[1:])
 
 
-def _check_privilege(env: _Env, sender: str) -> Path:
-    queue_dir = Path(env.config.params.queue_directory)
+def _writes_queue(env: _Env) -> bool:
+    """Root and the queue's owner write the queue themselves; other users submit through
+    the running server (public/pickup)."""
     if env.uid == 0:
-        return queue_dir
+        return True
+    queue_dir = Path(env.config.params.queue_directory)
     try:
         owner = queue_dir.stat().st_uid
-    except FileNotFoundError:
-        owner = queue_dir.parent.stat().st_uid if queue_dir.parent.exists() else -1
-    if owner != env.uid:
+    except OSError:
+        try:
+            owner = queue_dir.parent.stat().st_uid
+        except OSError:
+            owner = -1
+    return owner == env.uid
+
+
+def _check_privilege(env: _Env, sender: str) -> Path:
+    queue_dir = Path(env.config.params.queue_directory)
+    if not _writes_queue(env):
         raise Fatal(
-            f"{_who(sender, env)}: not supported yet: unprivileged submission (only root or "
-            f"the owner of {queue_dir} may submit; issue 4 adds a setgid maildrop)"
+            f"{_who(sender, env)}: not supported yet for a user other than root or the "
+            f"owner of {queue_dir}: this mode (plain submission goes through the server)"
         )
     return queue_dir
 
@@ -513,10 +523,9 @@ def _check_privilege(env: _Env, sender: str) -> Path:
 def _enqueue(opts: Options, env: _Env) -> int:
     params = env.config.params
     sender = _sender(opts, env)
-    queue_dir = _check_privilege(env, sender)
     resolver = AddressResolver.from_params(params)
     if opts.verify:
-        return _verify(opts, env, sender, queue_dir, resolver)
+        return _verify(opts, env, sender, _check_privilege(env, sender), resolver)
     rcpts = [a for arg in opts.recipients for a in parse_addresses(arg)]
     content = read_message(sys.stdin, opts.dot_ends, params.message_size_limit)
     if params.message_size_limit and len(content) > params.message_size_limit:
@@ -552,6 +561,24 @@ def _enqueue(opts: Options, env: _Env) -> int:
         uid=env.uid,
         full_name=_full_name(opts, env),
     )
+    queue_dir = Path(params.queue_directory)
+    if not _writes_queue(env):
+        request = pickup.Request(
+            sub.sender,
+            sub.recipients,
+            sub.content,
+            sub.ret,
+            sub.envid,
+            sub.body_type,
+            sub.full_name,
+        )
+        try:
+            qid = pickup.submit(queue_dir, request)
+        except pickup.PickupError as exc:
+            raise Fatal(f"{_who(sender, env)}: {exc}") from None
+        if opts.verbose:
+            print(f"{PROG}: {qid}: queued by the postwall server", file=sys.stderr)
+        return 0
     qid = _submit(env, queue_dir, sub, pickup_sender=sender)
     _wake(env, queue_dir, opts.verbose, qid)
     return 0
