@@ -48,6 +48,8 @@ from postwall.config.params import Params, split_list
 from postwall.config.tables import NotSupportedError, Table, TableError, open_table
 from postwall.resolve import AddressClass, AddressResolver, internal_form, split_address
 from postwall.smtp.replies import Reply
+from postwall.smtpd import policy
+from postwall.smtpd.policy import PolicyError, PolicyService
 
 T = TypeVar("T")
 
@@ -180,7 +182,8 @@ class Restrictions:
         self._dns_timeout = dns_timeout
         self._base = Path(params.config_directory)
         self._tables: dict[str, Table] = {}
-        self.uses_dns = False
+        self._policies: dict[str, PolicyService] = {}
+        self.uses_dns = False  # some restriction may suspend (DNS, policy server)
         self.delay_reject = params.smtpd_delay_reject
         self._parent_style = "smtpd_access_maps" in params.parent_domain_matches_subdomains
         self._relay_certs = [
@@ -253,6 +256,17 @@ class Restrictions:
                         f'before "{name}"'
                     )
                 low, names = def_acl, [*names[:i], def_acl, *names[i:]]
+            if low == "check_policy_service":
+                arg = names[i + 1] if i + 1 < len(names) else ""
+                if ":" not in arg:
+                    raise ValueError(
+                        f"{param}: restriction check_policy_service must be followed by "
+                        "transport:server"
+                    )
+                self.uses_dns = True  # a network request: evaluation may suspend
+                out.append(_Item(low, _policy_check(self, arg)))
+                i += 2
+                continue
             if low in _TABLE_CHECKS:
                 if i + 1 >= len(names) or ":" not in names[i + 1]:
                     arg = names[i + 1] if i + 1 < len(names) else ""
@@ -274,6 +288,11 @@ class Restrictions:
             out.append(_Item(low, factory(self)))
             i += 1
         return out
+
+    @property
+    def uses_policy(self) -> bool:
+        """check_policy_service is configured: the session fills ClientState.extra."""
+        return bool(self._policies)
 
     # -- the stages --------------------------------------------------------
 
@@ -1094,6 +1113,41 @@ def _sender_login_mismatch(r: Restrictions) -> Check:
 
     def check(ctx: _Ctx, name: str, cls: str) -> Status:
         return first(ctx, name, cls) or second(ctx, name, cls)  # type: ignore[return-value]
+
+    return check
+
+
+def _policy_check(r: Restrictions, spec: str) -> Check:
+    """check_policy_service: the server's action goes through the access(5) machinery;
+    when the server cannot be asked (or answers malformed UTF-8), the default action."""
+    service = r._policies.get(spec)
+    if service is None:
+        try:
+            settings = policy.parse_service(spec, r.p)
+        except PolicyError as err:
+            raise ValueError(f"check_policy_service: {err}") from None
+        service = r._policies[spec] = PolicyService(settings, r.p.queue_directory)
+
+    async def check(ctx: _Ctx, name: str, cls: str) -> Status:
+        def warn(text: str) -> None:
+            ctx.notices.append(("warning", text))
+
+        attrs = policy.request_attributes(ctx.c, ctx.where, ctx.recipient, ctx.etrn, service.s, r.p)
+        action = await service.query(attrs, warn)
+        if action is not None and r.p.smtputf8_enable and not policy.valid_action(action):
+            warn(f'malformed UTF-8 in policy server {spec} response: "{action}"')
+            action = None
+        if action is None:
+            action = service.s.default_action
+        word = action.strip().partition(" ")[0].upper()
+        if word == "PREPEND":
+            # postgrey's X-Greylist header: the mail is accepted without it (status.md).
+            warn(f"policy server {spec}: action PREPEND is not supported, header not added")
+            return None
+        status = r.table_result(ctx, spec, action, name, cls)
+        if isinstance(status, _Deferred):
+            return await status.coro
+        return status
 
     return check
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import os
 import socket
 import time
 import traceback
@@ -345,6 +347,8 @@ class SmtpSession(asyncio.Protocol):
         if not self.svc.restrictions.uses_dns:
             then(run_now(check))
             return
+        if self.svc.restrictions.uses_policy:
+            self._policy_attributes()
         self.busy = True
         self.loop.create_task(self._decide_later(check, then))
 
@@ -359,6 +363,25 @@ class SmtpSession(asyncio.Protocol):
             self._resume()
         except Exception as exc:
             self._crash(exc)
+
+    def _policy_attributes(self) -> None:
+        """What a policy server is told that only the session knows (policy.py)."""
+        x = self.client.extra
+        transport = self.transport
+        sockname = transport.get_extra_info("sockname") if transport is not None else None
+        x["client_port"] = str(self.client_port)
+        x["server_address"] = self.local_addr
+        x["server_port"] = str(sockname[1]) if isinstance(sockname, tuple) else ""
+        x["protocol_name"] = self._log_protocol()
+        x["queue_id"] = self.queue_id or ""
+        x["sasl_method"] = self.sasl_method or ""
+        x["sasl_sender"] = self.sasl_sender or ""
+        info = self.tls_info
+        if info is not None:
+            x["encryption_protocol"] = info.protocol
+            x["encryption_cipher"] = info.cipher_name
+            x["encryption_keysize"] = str(info.cipher_usebits)
+            x["ccert_issuer_cn"] = info.peer_cert.issuer_cn if info.peer_cert else ""
 
     def on_helo(self, event: ev.Helo) -> None:
         previous, self.client.helo = self.client.helo, event.name
@@ -379,6 +402,12 @@ class SmtpSession(asyncio.Protocol):
         if self._refused(self.limits.mail(self.peer) if self.limits else None):
             return
         self.client.sender = internal_form(event.address)
+        # Postfix's policy "instance": one per transaction (pid, time, sequence).
+        now = time.time()
+        self.client.extra["instance"] = (
+            f"{os.getpid():x}.{int(now):x}.{int(now % 1 * 1e6):x}.{next(_INSTANCES):x}"
+        )
+        self.client.extra["size"] = str(event.params.size or 0)
         auth = event.params.auth
         self.sasl_sender = auth if auth and auth != "<>" and self.svc.sasl else None
 
@@ -896,6 +925,8 @@ class SmtpSession(asyncio.Protocol):
             self.limits.close()
         self.svc.sessions.discard(self)
 
+
+_INSTANCES = itertools.count(1)
 
 _HANDLERS = {
     ev.Helo: SmtpSession.on_helo,
