@@ -582,6 +582,7 @@ class SmtpSession(asyncio.Protocol):
         sasl = self.svc.sasl
         assert sasl is not None
         tls = self.tls_info is not None
+        self.conn.auth_hidden = sasl.exceptions.match(self.client.name, self.client.addr)
         try:
             self.conn.sasl_mechanisms = await sasl.mechanisms(tls)
         except DovecotError as exc:
