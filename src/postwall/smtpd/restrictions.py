@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import re
+import socket
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,9 @@ import dns.exception
 import dns.name
 import dns.resolver
 
-from postwall.config.network import Networks
+from postwall import dns as mxdns
+from postwall.anvil import ClientList
+from postwall.config.network import Networks, is_ip
 from postwall.config.params import Params, split_list
 from postwall.config.tables import NotSupportedError, Table, TableError, open_table
 from postwall.resolve import AddressClass, AddressResolver, internal_form, split_address
@@ -195,6 +198,11 @@ class Restrictions:
         self._relay_rcpt_maps = [
             self._table(ref, "relay_recipient_maps") for ref in params.relay_recipient_maps
         ]
+        try:
+            self._mx_networks = ClientList(params.permit_mx_backup_networks)
+        except ValueError as err:
+            raise ValueError(f"permit_mx_backup_networks: {err}") from None
+        self._own_addresses: dict[str, bool] = {}
         if params.smtpd_restriction_classes:
             raise NotSupported("smtpd_restriction_classes: restriction classes are not supported")
         if params.smtpd_end_of_data_restrictions:
@@ -688,8 +696,8 @@ class Restrictions:
 
     def _resolver_for_dns(self) -> dns.asyncresolver.Resolver:
         if self._dns is None:
-            self._dns = dns.asyncresolver.Resolver()
-            self._dns.lifetime = self._dns_timeout
+            servers = list(self.p.postwall_dns_servers) or None
+            self._dns = mxdns.make_resolver(servers, timeout=self._dns_timeout)
         return self._dns
 
     async def dns_status(self, name: str, types: Sequence[str]) -> str:
@@ -718,6 +726,33 @@ class Restrictions:
                 return "nullmx"
             return "ok"
         return "notfound" if nodata else "retry"
+
+    def own_address(self, addr: str) -> bool:
+        """An address of this host (Postfix own_inet_addr/proxy_inet_addr): in
+        proxy_interfaces or an explicit inet_interfaces, or with inet_interfaces = all
+        one this host can bind (the kernel's own view of its addresses)."""
+        known = self._own_addresses.get(addr)
+        if known is None:
+            known = self._own_addresses[addr] = self._is_own(addr)
+        return known
+
+    def _is_own(self, addr: str) -> bool:
+        if addr in self.p.proxy_interfaces:
+            return True
+        interfaces = {i.lower() for i in self.p.inet_interfaces}
+        if "all" not in interfaces:
+            if "loopback-only" in interfaces and addr in ("127.0.0.1", "::1"):
+                return True
+            return addr in interfaces
+        if not is_ip(addr):
+            return False
+        family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as sock:
+                sock.bind((addr, 0))
+        except OSError:
+            return False
+        return True
 
     def in_mynetworks(self, client: ClientState) -> bool:
         return self._networks.match(client.addr)
@@ -945,6 +980,99 @@ def _permit_auth_destination(r: Restrictions) -> Check:
         return PERMIT if resolved.cls is not AddressClass.REMOTE else None
 
     return check
+
+
+def _permit_mx_backup(r: Restrictions) -> Check:
+    """Postfix 3.7's permit_mx_backup: this host is a backup MX (not a primary) of the
+    recipient's domain, and with permit_mx_backup_networks every primary MX address is
+    in those networks.  DNS failures defer what would be rejected (450 4.4.4)."""
+
+    async def check(ctx: _Ctx, name: str, cls: str) -> Status:
+        if ctx.recipient is None:
+            return None
+        resolved = r.resolve(ctx.recipient)
+        if "@" not in resolved.address:
+            return PERMIT
+        if resolved.routed and not r.p.allow_untrusted_routing:
+            return None
+        if resolved.cls is not AddressClass.REMOTE:
+            return PERMIT
+        domain = resolved.address.rpartition("@")[2].rstrip(".")
+        if domain.startswith("["):
+            return None
+        try:
+            domain = domain.encode("idna").decode("ascii")
+            records = await _dns_bounded(r, mxdns.mx_records(r._resolver_for_dns(), domain))
+        except UnicodeError:
+            return None
+        except mxdns.NexthopError as err:
+            if err.temporary:
+                why = "Host not found, try again"
+                text = (
+                    f"<{name}>: {cls} rejected: Unable to look up mail exchanger information: {why}"
+                )
+                r.defer_if_reject(ctx, 450, "4.4.4", text)
+            return None
+        if not records or any(host in ("", ".") for _, host in records):
+            return None
+        best = min(pref for pref, _ in records)
+        primaries = [host for pref, host in records if pref == best]
+        backups = [host for pref, host in records if pref != best]
+        if await _i_am_mx(r, ctx, primaries, name, cls):
+            return None
+        if not backups or not await _i_am_mx(r, ctx, backups, name, cls):
+            return None
+        if r.p.permit_mx_backup_networks:
+            for host in primaries:
+                if not await _all_in_mx_networks(r, ctx, host, name, cls):
+                    return None
+        return PERMIT
+
+    return check
+
+
+async def _dns_bounded(r: Restrictions, lookup: Awaitable[T]) -> T:
+    try:
+        async with asyncio.timeout(r._dns_timeout):
+            return await lookup
+    except TimeoutError:
+        raise mxdns.NexthopError(True, "4.4.3", "timeout") from None
+
+
+async def _mx_addresses(
+    r: Restrictions, ctx: _Ctx, host: str, what: str, name: str, cls: str
+) -> tuple[str, ...] | None:
+    """A/AAAA of an MX host, or None after remembering the deferral Postfix asks for."""
+    try:
+        return await _dns_bounded(r, mxdns.host_addresses(r._resolver_for_dns(), host))
+    except mxdns.NexthopError as err:
+        why = (
+            "Temporary failure in name resolution" if err.temporary else "Name or service not known"
+        )
+        r.defer_if_reject(
+            ctx, 450, "4.4.4", f"<{name}>: {cls} rejected: {what.format(host)}: {why}"
+        )
+        return None
+
+
+async def _i_am_mx(r: Restrictions, ctx: _Ctx, hosts: list[str], name: str, cls: str) -> bool:
+    """Postfix i_am_mx(): an MX name in mydestination, else an MX address of this host."""
+    if any(r.resolve(f"postmaster@{host}").cls is AddressClass.LOCAL for host in hosts):
+        return True
+    for host in hosts:
+        addrs = await _mx_addresses(
+            r, ctx, host, "Unable to look up mail exchanger host {}", name, cls
+        )
+        if addrs and any(r.own_address(a) for a in addrs):
+            return True
+    return False
+
+
+async def _all_in_mx_networks(r: Restrictions, ctx: _Ctx, host: str, name: str, cls: str) -> bool:
+    addrs = await _mx_addresses(
+        r, ctx, host, "Unable to look up host {} as mail exchanger", name, cls
+    )
+    return bool(addrs) and all(r._mx_networks.match(host, a) for a in addrs or ())
 
 
 def _helo_syntax(r: Restrictions, fqdn: bool) -> Check:
@@ -1273,6 +1401,7 @@ _CHECKS: dict[str, Factory] = {
     "reject_unauth_destination": lambda r: _unauth_destination(r, defer=False),
     "defer_unauth_destination": lambda r: _unauth_destination(r, defer=True),
     "permit_auth_destination": _permit_auth_destination,
+    "permit_mx_backup": _permit_mx_backup,
     "reject_invalid_helo_hostname": lambda r: _helo_syntax(r, fqdn=False),
     "reject_invalid_hostname": lambda r: _helo_syntax(r, fqdn=False),
     "reject_non_fqdn_helo_hostname": lambda r: _helo_syntax(r, fqdn=True),
@@ -1295,6 +1424,7 @@ _CHECKS: dict[str, Factory] = {
 }
 _DNS_CHECKS = frozenset(
     {
+        "permit_mx_backup",
         "reject_unknown_helo_hostname",
         "reject_unknown_hostname",
         "reject_unknown_sender_domain",
