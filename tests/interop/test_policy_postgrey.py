@@ -94,8 +94,8 @@ def test_postgrey_greylists_then_accepts(postwall_factory, postgrey):  # type: i
     assert code == 250 and text.startswith("2.0.0 Ok: queued as "), text
     (message,) = peers.wait_maildir(server.maildir("root"), 1)
     assert b"Subject: greylisted" in message
-    # postgrey's X-Greylist header (PREPEND) is not added: said once per message.
-    server.wait_log(
-        rf"warning: policy server inet:127\.0\.0\.1:{postgrey}: action PREPEND is not "
-        r"supported, header not added"
-    )
+    # postgrey's PREPEND: its X-Greylist header sits above postwall's Received, as in Postfix.
+    headers = message.split(b"\r\n\r\n" if b"\r\n" in message else b"\n\n")[0].decode()
+    greylist = headers.index("\nX-Greylist: delayed ")
+    assert greylist < headers.index("\nReceived: from client.example")
+    assert " seconds by postgrey-" in headers[greylist:].splitlines()[1]

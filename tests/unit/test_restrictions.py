@@ -291,3 +291,41 @@ def test_soft_bounce_and_bad_codes(tmp_path: Path) -> None:
 )
 def test_valid_hostname(name: str, valid: bool) -> None:
     assert valid_hostname(name) is valid
+
+
+def test_prepend_adds_a_header_notice_or_warns(tmp_path: Path) -> None:
+    maps = {
+        "senders": "alice@example.org PREPEND X-Checked: sender listed\n"
+        "bad@example.org PREPEND not a header\n",
+        "clients": "198.51.100.7 PREPEND X-Client: seen\n",
+    }
+    r = make(
+        tmp_path,
+        maps,
+        smtpd_sender_restrictions="check_sender_access texthash:senders",
+        smtpd_client_restrictions="check_client_access texthash:clients",
+    )
+    d = rcpt(r, outside(), "root@mx.example.com")
+    assert d.reply is None
+    assert ("prepend", "X-Client: seen") in d.notices
+    assert ("prepend", "X-Checked: sender listed") in d.notices
+    d = rcpt(r, outside(sender="bad@example.org"), "root@mx.example.com")
+    assert d.reply is None
+    assert d.notices == [
+        ("prepend", "X-Client: seen"),
+        ("warning", 'access table texthash:senders entry "bad@example.org" requires header: text'),
+    ]
+    # Before MAIL (smtpd_delay_reject = no) there is no message to add a header to.
+    early = make(
+        tmp_path,
+        smtpd_client_restrictions="check_client_access texthash:clients",
+        smtpd_delay_reject=False,
+    )
+    d = run_now(early.connect(outside(sender=None)))
+    assert d.reply is None and d.notices == [
+        (
+            "warning",
+            "access table texthash:clients: with smtpd_delay_reject=no, action PREPEND is "
+            "always skipped in Client host or Helo command restrictions",
+        )
+    ]

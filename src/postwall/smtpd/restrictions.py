@@ -20,7 +20,8 @@ Postfix's.
 
 Anything postwall does not implement stops start-up with `NotSupported`, because a
 restriction that is silently ignored can open a relay; so do access table actions
-that change delivery (FILTER, HOLD, DISCARD, REDIRECT, BCC, PREPEND).
+that change delivery (FILTER, HOLD, DISCARD, REDIRECT, BCC).  PREPEND is a
+("prepend", header) notice: the session puts the header above its Received header.
 
 Client-certificate restrictions (permit_tls_clientcerts, check_ccert_access) use
 the certificate's fingerprints only when the certificate verified (Trusted): a
@@ -67,7 +68,9 @@ CCERT = "Client certificate"
 SASL = "SASL login name"
 
 # Actions of access(5) that change what happens to the message; not supported yet.
-_DELIVERY_ACTIONS = frozenset({"FILTER", "HOLD", "DISCARD", "REDIRECT", "BCC", "PREPEND"})
+_DELIVERY_ACTIONS = frozenset({"FILTER", "HOLD", "DISCARD", "REDIRECT", "BCC"})
+# Postfix is_header(): a header name (printable, no colon or space), then a colon.
+_HEADER = re.compile(r"[\x21-\x39\x3b-\x7e]+[ \t]*:")
 _DNS_TIMEOUT = 10.0
 
 
@@ -521,6 +524,22 @@ class Restrictions:
             )
         if upper in ("INFO", "WARN"):
             ctx.notices.append((upper.lower(), text))
+            return None
+        if upper == "PREPEND":
+            if ctx.c.sender is None:
+                ctx.notices.append(
+                    (
+                        "warning",
+                        f"access table {ref}: with smtpd_delay_reject=no, action PREPEND is "
+                        f"always skipped in {CLIENT} or {HELO} restrictions",
+                    )
+                )
+            elif not _HEADER.match(text):
+                ctx.notices.append(
+                    ("warning", f'access table {ref} entry "{name}" requires header: text')
+                )
+            else:
+                ctx.notices.append(("prepend", text))
             return None
         if upper in _DELIVERY_ACTIONS:
             raise ConfigurationError(f"access table {ref}: action {upper} is not supported")
@@ -1267,11 +1286,6 @@ def _policy_check(r: Restrictions, spec: str) -> Check:
             action = None
         if action is None:
             action = service.s.default_action
-        word = action.strip().partition(" ")[0].upper()
-        if word == "PREPEND":
-            # postgrey's X-Greylist header: the mail is accepted without it (status.md).
-            warn(f"policy server {spec}: action PREPEND is not supported, header not added")
-            return None
         status = r.table_result(ctx, spec, action, name, cls)
         if isinstance(status, _Deferred):
             return await status.coro

@@ -116,6 +116,7 @@ class SmtpSession(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.connect_decision: Decision | None = None
         self.last_recipient: str | None = None  # for smtpd_data_restrictions' replies
+        self.prepend: list[str] = []  # headers from PREPEND actions, for this transaction
         self.limits: SessionLimits | None = None
 
     # -- asyncio callbacks ---------------------------------------------------
@@ -402,6 +403,7 @@ class SmtpSession(asyncio.Protocol):
         if self._refused(self.limits.mail(self.peer) if self.limits else None):
             return
         self.client.sender = internal_form(event.address)
+        self.prepend = []
         # Postfix's policy "instance": one per transaction (pid, time, sequence).
         now = time.time()
         self.client.extra["instance"] = (
@@ -510,7 +512,9 @@ class SmtpSession(asyncio.Protocol):
             tls_clauses=self._received_tls_clauses(),
             # local_header_rewrite_clients = permit_inet_interfaces: our own addresses.
             rewrite_headers=_is_loopback(self.client.addr),
+            prepend=self.prepend,
         )
+        self.prepend = []
         self.queue_id = None
         self.busy = True
         self.loop.create_task(self._commit(sub, event.bdat))
@@ -769,6 +773,9 @@ class SmtpSession(asyncio.Protocol):
         for action, text in decision.notices:
             if action == "warning":
                 self.log.warning("smtpd", text)
+                continue
+            if action == "prepend":  # access(5) PREPEND: a header for this message
+                self.prepend.append(text)
                 continue
             self.log.info(
                 "smtpd",
