@@ -11,6 +11,7 @@ from __future__ import annotations
 import smtplib
 import socket
 import socketserver
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -286,3 +287,33 @@ def test_garbage_and_a_dead_endpoint_get_the_default_action(postwall_factory, po
     assert _rcpt(server)[0] == 450
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
         assert s.recv(100).startswith(b"220 ")
+
+
+def test_tls_and_client_certificate_attributes(postwall_factory, policy_servers, certs):  # type: ignore[no-untyped-def]
+    policy = policy_servers(action("DUNNO"))
+    server = _server(
+        postwall_factory,
+        f"check_policy_service {policy.endpoint}",
+        smtpd_tls_cert_file=str(certs.server_cert),
+        smtpd_tls_key_file=str(certs.server_key),
+        smtpd_tls_CAfile=str(certs.ca_cert),
+        smtpd_tls_security_level="may",
+        smtpd_tls_ask_ccert="yes",
+    )
+    ctx = ssl.create_default_context(cafile=str(certs.ca_cert))
+    ctx.check_hostname = False  # the server certificate names localhost, not 127.0.0.1
+    ctx.load_cert_chain(str(certs.client_cert), str(certs.client_key))
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as smtp:
+        smtp.starttls(context=ctx)
+        smtp.ehlo("client.example")
+        smtp.mail("sender@example.org")
+        assert smtp.rcpt("root@postwall.test")[0] == 250
+        cipher, protocol, bits = smtp.sock.cipher()  # type: ignore[union-attr]
+    (request,) = policy.requests
+    assert request["encryption_protocol"] == protocol
+    assert request["encryption_cipher"] == cipher
+    assert request["encryption_keysize"] == str(bits)
+    assert request["ccert_subject"] == certs.CLIENT_CN
+    assert request["ccert_issuer"] == "postwall+20test+20CA"  # xtext, as Postfix
+    assert request["ccert_fingerprint"] == peers.cert_fingerprint(certs.client_cert)
+    assert request["ccert_pubkey_fingerprint"].count(":") == 31
