@@ -33,6 +33,7 @@ class PolicyServer:
         self.requests: list[dict[str, str]] = []
         self.raw: list[bytes] = []
         self.connections = 0
+        self.close_after_reply = False
         outer = self
 
         class Handler(socketserver.StreamRequestHandler):
@@ -58,6 +59,8 @@ class PolicyServer:
                         return
                     self.wfile.write(reply)
                     self.wfile.flush()
+                    if outer.close_after_reply:
+                        return
 
         self.server: socketserver.BaseServer
         if unix_path is not None:
@@ -317,3 +320,22 @@ def test_tls_and_client_certificate_attributes(postwall_factory, policy_servers,
     assert request["ccert_issuer"] == "postwall+20test+20CA"  # xtext, as Postfix
     assert request["ccert_fingerprint"] == peers.cert_fingerprint(certs.client_cert)
     assert request["ccert_pubkey_fingerprint"].count(":") == 31
+
+
+def test_request_limit_and_a_server_that_hangs_up_after_each_reply(  # type: ignore[no-untyped-def]
+    postwall_factory, policy_servers
+):
+    limited = policy_servers(action("DUNNO"))
+    hangup = policy_servers(action("DUNNO"))
+    hangup.close_after_reply = True
+    server = _server(
+        postwall_factory,
+        f"check_policy_service {{ {limited.endpoint}, request_limit=1 }}, "
+        f"check_policy_service {hangup.endpoint}",
+    )
+    for _ in range(3):
+        assert _rcpt(server)[0] == 250
+    assert len(limited.requests) == 3 and limited.connections == 3
+    # A pooled connection the server closed is replaced at once: no retry, no warning.
+    assert len(hangup.requests) == 3 and hangup.connections == 3
+    assert "warning" not in server.log_text().partition("daemon started")[2]
