@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from postwall.config.network import Networks
-from postwall.config.params import Params
+from postwall.config.params import Params, split_list
 from postwall.resolve import AddressResolver
 from postwall.smtp.replies import Reply
 from postwall.smtpd.restrictions import (
@@ -329,3 +329,21 @@ def test_prepend_adds_a_header_notice_or_warns(tmp_path: Path) -> None:
             "always skipped in Client host or Helo command restrictions",
         )
     ]
+
+
+def test_check_policy_service_syntax_is_checked_at_start_up(tmp_path: Path) -> None:
+    ok = make(
+        tmp_path,
+        smtpd_recipient_restrictions="check_policy_service inet:127.0.0.1:10023, "
+        "reject_unauth_destination",
+    )
+    assert ok.uses_dns and ok.uses_policy
+    for spec, message in {
+        "check_policy_service": "must be followed by transport:server",
+        "check_policy_service tcp:127.0.0.1:1": "need service transport:endpoint",
+        "check_policy_service { inet:127.0.0.1:1, bogus=1 }": 'unknown attribute name: "bogus"',
+        "check_policy_service { inet:127.0.0.1:1, timeout=0 }": "below minimum 1s",
+    }.items():
+        with pytest.raises(ValueError, match=message) as info:
+            make(tmp_path, smtpd_client_restrictions=split_list(spec))
+        assert str(info.value).startswith("smtpd_client_restrictions: "), info.value

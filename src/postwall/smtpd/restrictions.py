@@ -275,7 +275,10 @@ class Restrictions:
                         "transport:server"
                     )
                 self.uses_dns = True  # a network request: evaluation may suspend
-                out.append(_Item(low, _policy_check(self, arg)))
+                try:
+                    out.append(_Item(low, _policy_check(self, arg)))
+                except PolicyError as err:
+                    raise ValueError(f"{param}: {err}") from None
                 i += 2
                 continue
             if low in _TABLE_CHECKS:
@@ -1269,10 +1272,7 @@ def _policy_check(r: Restrictions, spec: str) -> Check:
     when the server cannot be asked (or answers malformed UTF-8), the default action."""
     service = r._policies.get(spec)
     if service is None:
-        try:
-            settings = policy.parse_service(spec, r.p)
-        except PolicyError as err:
-            raise ValueError(f"check_policy_service: {err}") from None
+        settings = policy.parse_service(spec, r.p)
         service = r._policies[spec] = PolicyService(settings, r.p.queue_directory)
 
     async def check(ctx: _Ctx, name: str, cls: str) -> Status:
