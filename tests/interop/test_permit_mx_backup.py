@@ -15,7 +15,6 @@ import pytest
 import peers
 from postwall.config.network import Networks
 from postwall.config.params import Params
-from postwall.dns import make_resolver
 from postwall.resolve import AddressResolver
 from postwall.smtpd.restrictions import ClientState, Restrictions
 
