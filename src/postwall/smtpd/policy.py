@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from postwall.config.params import Params, parse_int, parse_time, split_list
 
@@ -232,7 +232,7 @@ class PolicyService:
             if self.s.transport == "unix":
                 path = Path(self._queue_directory, where)
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                address: object = str(path)
+                address: Any = str(path)
             else:
                 host, port = _host_port(where)
                 infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
