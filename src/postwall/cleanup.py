@@ -62,6 +62,8 @@ class Submission:
     full_name: str = ""
     internal: bool = False  # made by postwall itself (a -bv report): `by HOST (NAME)`
     attributes: dict[str, str] = field(default_factory=dict)
+    # Headers from access(5)/policy PREPEND actions, above the Received header (Postfix).
+    prepend: list[str] = field(default_factory=list)
 
 
 class Cleanup:
@@ -88,7 +90,10 @@ class Cleanup:
     async def submit(self, sub: Submission) -> Reply | None:
         """Queue the message durably; None on success, else the reply for the client."""
         received, missing, message_id = self._added_headers(sub)
-        content = received + _append_headers(sub.content, missing)
+        prepend = "".join(f"{_one_line(h)}\r\n" for h in sub.prepend).encode(
+            "utf-8", "surrogateescape"
+        )
+        content = prepend + received + _append_headers(sub.content, missing)
         envelope = Envelope(
             queue_id=sub.queue_id,
             sender=sub.sender,
@@ -163,6 +168,10 @@ class Cleanup:
             lines[-1] += ";"
             lines.append(f"\t{stamp}")
         return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\r", " ").replace("\n", " ")
 
 
 def _from_value(sub: Submission) -> str:

@@ -35,7 +35,9 @@ from postwall.config.network import is_ip
 __all__ = [
     "MxHost",
     "NexthopError",
+    "host_addresses",
     "make_resolver",
+    "mx_records",
     "parse_nameserver",
     "parse_nexthop",
     "resolve_nexthop",
@@ -196,6 +198,22 @@ async def _addresses(
         f"Host or domain name not found. Name service error for name={host} type={last}: "
         "Host found but no data record of requested type",
     )
+
+
+async def mx_records(resolver: dns.asyncresolver.Resolver, domain: str) -> list[tuple[int, str]]:
+    """(preference, exchange) of `domain`'s MX records, [] when it has none; NexthopError
+    (with `temporary`) when the lookup fails (smtpd's permit_mx_backup)."""
+    records = await _query(resolver, domain, "MX")
+    return [(r.preference, r.exchange.to_text(omit_final_dot=True)) for r in records]  # type: ignore[attr-defined]
+
+
+async def host_addresses(
+    resolver: dns.asyncresolver.Resolver,
+    host: str,
+    inet_protocols: tuple[str, ...] = ("ipv4", "ipv6"),
+) -> tuple[str, ...]:
+    """A, then AAAA addresses of `host`; NexthopError when it has none."""
+    return await _addresses(resolver, host, inet_protocols)
 
 
 async def resolve_nexthop(

@@ -269,3 +269,31 @@ def test_garbage_during_auth_never_kills_the_server(
     assert "internal error" not in submission.log_text()
     with smtplib.SMTP("127.0.0.1", submission.port, timeout=30) as s:
         assert s.noop()[0] == 250
+
+
+@pytest.mark.parametrize(
+    ("exceptions", "announced"),
+    [("", True), ("localhost", False), ("!127.0.0.1, 127.0.0.0/8", True), ("127.0.0.0/8", False)],
+)
+def test_sasl_exceptions_networks_hide_auth_from_ehlo(  # type: ignore[no-untyped-def]
+    postwall_factory, tmp_path, exceptions, announced
+):
+    pwfile = tmp_path / "sasl_passwd"
+    res = peers.run_postwall("saslpasswd", "-f", str(pwfile), "add", "bob", stdin=PASSWORD)
+    assert res.returncode == 0, res.stderr
+    server = postwall_factory(
+        params={
+            "smtpd_sasl_auth_enable": "yes",
+            "smtpd_sasl_type": "postwall",
+            "smtpd_sasl_path": str(pwfile),
+            "smtpd_sasl_exceptions_networks": exceptions,
+            "smtpd_relay_restrictions": "permit_sasl_authenticated, reject_unauth_destination",
+            "mynetworks": "192.0.2.0/24",
+        }
+    )
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as smtp:
+        smtp.ehlo("client.example")
+        assert smtp.has_extn("auth") is announced
+        # As in Postfix, the exception only hides the keyword: AUTH itself still works.
+        token = base64.b64encode(f"\0bob\0{PASSWORD}".encode()).decode()
+        assert smtp.docmd("AUTH", f"PLAIN {token}")[0] == 235

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from postwall.config.network import Networks
-from postwall.config.params import Params
+from postwall.config.params import Params, split_list
 from postwall.resolve import AddressResolver
 from postwall.smtp.replies import Reply
 from postwall.smtpd.restrictions import (
@@ -291,3 +291,59 @@ def test_soft_bounce_and_bad_codes(tmp_path: Path) -> None:
 )
 def test_valid_hostname(name: str, valid: bool) -> None:
     assert valid_hostname(name) is valid
+
+
+def test_prepend_adds_a_header_notice_or_warns(tmp_path: Path) -> None:
+    maps = {
+        "senders": "alice@example.org PREPEND X-Checked: sender listed\n"
+        "bad@example.org PREPEND not a header\n",
+        "clients": "198.51.100.7 PREPEND X-Client: seen\n",
+    }
+    r = make(
+        tmp_path,
+        maps,
+        smtpd_sender_restrictions="check_sender_access texthash:senders",
+        smtpd_client_restrictions="check_client_access texthash:clients",
+    )
+    d = rcpt(r, outside(), "root@mx.example.com")
+    assert d.reply is None
+    assert ("prepend", "X-Client: seen") in d.notices
+    assert ("prepend", "X-Checked: sender listed") in d.notices
+    d = rcpt(r, outside(sender="bad@example.org"), "root@mx.example.com")
+    assert d.reply is None
+    assert d.notices == [
+        ("prepend", "X-Client: seen"),
+        ("warning", 'access table texthash:senders entry "bad@example.org" requires header: text'),
+    ]
+    # Before MAIL (smtpd_delay_reject = no) there is no message to add a header to.
+    early = make(
+        tmp_path,
+        smtpd_client_restrictions="check_client_access texthash:clients",
+        smtpd_delay_reject=False,
+    )
+    d = run_now(early.connect(outside(sender=None)))
+    assert d.reply is None and d.notices == [
+        (
+            "warning",
+            "access table texthash:clients: with smtpd_delay_reject=no, action PREPEND is "
+            "always skipped in Client host or Helo command restrictions",
+        )
+    ]
+
+
+def test_check_policy_service_syntax_is_checked_at_start_up(tmp_path: Path) -> None:
+    ok = make(
+        tmp_path,
+        smtpd_recipient_restrictions="check_policy_service inet:127.0.0.1:10023, "
+        "reject_unauth_destination",
+    )
+    assert ok.uses_dns and ok.uses_policy
+    for spec, message in {
+        "check_policy_service": "must be followed by transport:server",
+        "check_policy_service tcp:127.0.0.1:1": "need service transport:endpoint",
+        "check_policy_service { inet:127.0.0.1:1, bogus=1 }": 'unknown attribute name: "bogus"',
+        "check_policy_service { inet:127.0.0.1:1, timeout=0 }": "below minimum 1s",
+    }.items():
+        with pytest.raises(ValueError, match=message) as info:
+            make(tmp_path, smtpd_client_restrictions=split_list(spec))
+        assert str(info.value).startswith("smtpd_client_restrictions: "), info.value

@@ -204,4 +204,3 @@ def test_control_characters_are_refused_even_inside_quotes(arg: str) -> None:
     with pytest.raises(ArgumentError) as exc:
         parse_rcpt(arg)
     assert str(exc.value.reply) == "501 5.1.3 Bad recipient address syntax"
-

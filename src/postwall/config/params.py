@@ -463,6 +463,20 @@ class Params:
     smtpd_sasl_response_limit: int = _i("12288", "Maximal SASL response length.", lo=1)
     broken_sasl_auth_clients: bool = _b("no", "Also announce AUTH=mechs (Outlook Express 4).")
 
+    # --- smtpd: policy delegation (check_policy_service) and permit_mx_backup
+    smtpd_policy_service_timeout: float = _t("100s", "Policy request time limit.", lo=1)
+    smtpd_policy_service_max_idle: float = _t("300s", "Idle policy connection lifetime.", lo=1)
+    smtpd_policy_service_max_ttl: float = _t("1000s", "Policy connection lifetime.", lo=1)
+    smtpd_policy_service_request_limit: int = _i("0", "Requests per policy connection (0: any).")
+    smtpd_policy_service_default_action: str = _s(
+        "451 4.3.5 Server configuration problem", "Action when the policy server fails."
+    )
+    smtpd_policy_service_try_limit: int = _i("2", "Attempts per policy request.", lo=1)
+    smtpd_policy_service_retry_delay: float = _t("1s", "Delay between policy attempts.", lo=1)
+    smtpd_policy_service_policy_context: str = _s("", "policy_context sent with each request.")
+    permit_mx_backup_networks: tuple[str, ...] = _l("", "Networks of the primary MX hosts.")
+    proxy_interfaces: tuple[str, ...] = _l("", "Proxy or NAT addresses of this host.")
+
     # --- smtpd: client rate limits (anvil)
     smtpd_client_connection_count_limit: int = _i("50", "Simultaneous connections per client.")
     smtpd_client_connection_rate_limit: int = _i("0", "Connections per client per time unit.")

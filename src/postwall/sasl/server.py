@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from postwall.anvil import ClientList
 from postwall.config.params import Params
 from postwall.sasl.dovecot import Answer, DovecotAuth, DovecotError
 from postwall.sasl.passwd import PasswdError, PasswordFile
@@ -93,6 +94,8 @@ class SaslServer:
         self.service = params.smtpd_sasl_service
         self.realm = params.smtpd_sasl_local_domain
         self.failure_delay_base = params.smtpd_error_sleep_time
+        # Clients EHLO does not offer AUTH to (Postfix's sasl_client_exception()).
+        self.exceptions = ClientList(params.smtpd_sasl_exceptions_networks)
         self._failures: dict[str, tuple[int, float]] = {}
         self.passwords: PasswordFile | None = None
         self.dovecot: DovecotAuth | None = None

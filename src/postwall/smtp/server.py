@@ -163,6 +163,8 @@ class ServerConnection:
         # Announced by EHLO and accepted by AUTH; the glue sets it per session (the
         # list depends on TLS and, with Dovecot, on what the auth server offers).
         self.sasl_mechanisms = self.settings.sasl_mechanisms
+        # smtpd_sasl_exceptions_networks: EHLO does not announce AUTH (AUTH still works).
+        self.auth_hidden = False
         self.client_quit = False
         self.close_reason: str | None = None
         # Postfix's "after CMD" word for `lost connection after ...` and `timeout after ...`.
@@ -581,7 +583,7 @@ class ServerConnection:
         words.append("ETRN")
         if s.starttls_offered and not self.tls_active:
             words.append("STARTTLS")
-        if self._auth_offered():
+        if self._auth_offered() and not self.auth_hidden:
             words.append("AUTH " + " ".join(self.sasl_mechanisms))
             if s.broken_sasl_auth_clients:
                 words.append("AUTH=" + " ".join(self.sasl_mechanisms))

@@ -20,7 +20,8 @@ Postfix's.
 
 Anything postwall does not implement stops start-up with `NotSupported`, because a
 restriction that is silently ignored can open a relay; so do access table actions
-that change delivery (FILTER, HOLD, DISCARD, REDIRECT, BCC, PREPEND).
+that change delivery (FILTER, HOLD, DISCARD, REDIRECT, BCC).  PREPEND is a
+("prepend", header) notice: the session puts the header above its Received header.
 
 Client-certificate restrictions (permit_tls_clientcerts, check_ccert_access) use
 the certificate's fingerprints only when the certificate verified (Trusted): a
@@ -33,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import re
+import socket
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,13 +45,15 @@ import dns.exception
 import dns.name
 import dns.resolver
 
-from postwall.config.network import Networks
+from postwall import dns as mxdns
+from postwall.anvil import ClientList
+from postwall.config.network import Networks, is_ip
 from postwall.config.params import Params, split_list
 from postwall.config.tables import NotSupportedError, Table, TableError, open_table
-from postwall.dns import make_resolver
 from postwall.resolve import AddressClass, AddressResolver, internal_form, split_address
 from postwall.smtp.replies import Reply
-from postwall.smtpd import dnsbl
+from postwall.smtpd import dnsbl, policy
+from postwall.smtpd.policy import PolicyError, PolicyService
 
 T = TypeVar("T")
 
@@ -64,7 +68,9 @@ CCERT = "Client certificate"
 SASL = "SASL login name"
 
 # Actions of access(5) that change what happens to the message; not supported yet.
-_DELIVERY_ACTIONS = frozenset({"FILTER", "HOLD", "DISCARD", "REDIRECT", "BCC", "PREPEND"})
+_DELIVERY_ACTIONS = frozenset({"FILTER", "HOLD", "DISCARD", "REDIRECT", "BCC"})
+# Postfix is_header(): a header name (printable, no colon or space), then a colon.
+_HEADER = re.compile(r"[\x21-\x39\x3b-\x7e]+[ \t]*:")
 _DNS_TIMEOUT = 10.0
 
 
@@ -179,13 +185,12 @@ class Restrictions:
         self.p = params
         self._resolver = resolver
         self._networks = networks
-        if dns_resolver is None and params.postwall_dns_servers:
-            dns_resolver = make_resolver(list(params.postwall_dns_servers), timeout=dns_timeout)
-        self._dns = dns_resolver
+        self._dns = dns_resolver  # made on first use (_resolver_for_dns)
         self._dns_timeout = dns_timeout
         self._base = Path(params.config_directory)
         self._tables: dict[str, Table] = {}
-        self.uses_dns = False
+        self._policies: dict[str, PolicyService] = {}
+        self.uses_dns = False  # some restriction may suspend (DNS, policy server)
         self.delay_reject = params.smtpd_delay_reject
         self._parent_style = "smtpd_access_maps" in params.parent_domain_matches_subdomains
         self._relay_certs = [
@@ -197,6 +202,11 @@ class Restrictions:
         self._relay_rcpt_maps = [
             self._table(ref, "relay_recipient_maps") for ref in params.relay_recipient_maps
         ]
+        try:
+            self._mx_networks = ClientList(params.permit_mx_backup_networks)
+        except ValueError as err:
+            raise ValueError(f"permit_mx_backup_networks: {err}") from None
+        self._own_addresses: dict[str, bool] = {}
         if params.smtpd_restriction_classes:
             raise NotSupported("smtpd_restriction_classes: restriction classes are not supported")
         if params.smtpd_end_of_data_restrictions:
@@ -258,6 +268,20 @@ class Restrictions:
                         f'before "{name}"'
                     )
                 low, names = def_acl, [*names[:i], def_acl, *names[i:]]
+            if low == "check_policy_service":
+                arg = names[i + 1] if i + 1 < len(names) else ""
+                if ":" not in arg:
+                    raise ValueError(
+                        f"{param}: restriction check_policy_service must be followed by "
+                        "transport:server"
+                    )
+                self.uses_dns = True  # a network request: evaluation may suspend
+                try:
+                    out.append(_Item(low, _policy_check(self, arg)))
+                except PolicyError as err:
+                    raise ValueError(f"{param}: {err}") from None
+                i += 2
+                continue
             if low in _TABLE_CHECKS:
                 if i + 1 >= len(names) or ":" not in names[i + 1]:
                     arg = names[i + 1] if i + 1 < len(names) else ""
@@ -287,6 +311,11 @@ class Restrictions:
             out.append(_Item(low, factory(self)))
             i += 1
         return out
+
+    @property
+    def uses_policy(self) -> bool:
+        """check_policy_service is configured: the session fills ClientState.extra."""
+        return bool(self._policies)
 
     # -- the stages --------------------------------------------------------
 
@@ -508,6 +537,22 @@ class Restrictions:
         if upper in ("INFO", "WARN"):
             ctx.notices.append((upper.lower(), text))
             return None
+        if upper == "PREPEND":
+            if ctx.c.sender is None:
+                ctx.notices.append(
+                    (
+                        "warning",
+                        f"access table {ref}: with smtpd_delay_reject=no, action PREPEND is "
+                        f"always skipped in {CLIENT} or {HELO} restrictions",
+                    )
+                )
+            elif not _HEADER.match(text):
+                ctx.notices.append(
+                    ("warning", f'access table {ref} entry "{name}" requires header: text')
+                )
+            else:
+                ctx.notices.append(("prepend", text))
+            return None
         if upper in _DELIVERY_ACTIONS:
             raise ConfigurationError(f"access table {ref}: action {upper} is not supported")
         if upper in ("DEFER_IF_PERMIT", "DEFER_IF_REJECT"):
@@ -682,8 +727,8 @@ class Restrictions:
 
     def _resolver_for_dns(self) -> dns.asyncresolver.Resolver:
         if self._dns is None:
-            self._dns = dns.asyncresolver.Resolver()
-            self._dns.lifetime = self._dns_timeout
+            servers = list(self.p.postwall_dns_servers) or None
+            self._dns = mxdns.make_resolver(servers, timeout=self._dns_timeout)
         return self._dns
 
     async def dns_status(self, name: str, types: Sequence[str]) -> str:
@@ -712,6 +757,33 @@ class Restrictions:
                 return "nullmx"
             return "ok"
         return "notfound" if nodata else "retry"
+
+    def own_address(self, addr: str) -> bool:
+        """An address of this host (Postfix own_inet_addr/proxy_inet_addr): in
+        proxy_interfaces or an explicit inet_interfaces, or with inet_interfaces = all
+        one this host can bind (the kernel's own view of its addresses)."""
+        known = self._own_addresses.get(addr)
+        if known is None:
+            known = self._own_addresses[addr] = self._is_own(addr)
+        return known
+
+    def _is_own(self, addr: str) -> bool:
+        if addr in self.p.proxy_interfaces:
+            return True
+        interfaces = {i.lower() for i in self.p.inet_interfaces}
+        if "all" not in interfaces:
+            if "loopback-only" in interfaces and addr in ("127.0.0.1", "::1"):
+                return True
+            return addr in interfaces
+        if not is_ip(addr):
+            return False
+        family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as sock:
+                sock.bind((addr, 0))
+        except OSError:
+            return False
+        return True
 
     def in_mynetworks(self, client: ClientState) -> bool:
         return self._networks.match(client.addr)
@@ -941,6 +1013,99 @@ def _permit_auth_destination(r: Restrictions) -> Check:
     return check
 
 
+def _permit_mx_backup(r: Restrictions) -> Check:
+    """Postfix 3.7's permit_mx_backup: this host is a backup MX (not a primary) of the
+    recipient's domain, and with permit_mx_backup_networks every primary MX address is
+    in those networks.  DNS failures defer what would be rejected (450 4.4.4)."""
+
+    async def check(ctx: _Ctx, name: str, cls: str) -> Status:
+        if ctx.recipient is None:
+            return None
+        resolved = r.resolve(ctx.recipient)
+        if "@" not in resolved.address:
+            return PERMIT
+        if resolved.routed and not r.p.allow_untrusted_routing:
+            return None
+        if resolved.cls is not AddressClass.REMOTE:
+            return PERMIT
+        domain = resolved.address.rpartition("@")[2].rstrip(".")
+        if domain.startswith("["):
+            return None
+        try:
+            domain = domain.encode("idna").decode("ascii")
+            records = await _dns_bounded(r, mxdns.mx_records(r._resolver_for_dns(), domain))
+        except UnicodeError:
+            return None
+        except mxdns.NexthopError as err:
+            if err.temporary:
+                why = "Host not found, try again"
+                text = (
+                    f"<{name}>: {cls} rejected: Unable to look up mail exchanger information: {why}"
+                )
+                r.defer_if_reject(ctx, 450, "4.4.4", text)
+            return None
+        if not records or any(host in ("", ".") for _, host in records):
+            return None
+        best = min(pref for pref, _ in records)
+        primaries = [host for pref, host in records if pref == best]
+        backups = [host for pref, host in records if pref != best]
+        if await _i_am_mx(r, ctx, primaries, name, cls):
+            return None
+        if not backups or not await _i_am_mx(r, ctx, backups, name, cls):
+            return None
+        if r.p.permit_mx_backup_networks:
+            for host in primaries:
+                if not await _all_in_mx_networks(r, ctx, host, name, cls):
+                    return None
+        return PERMIT
+
+    return check
+
+
+async def _dns_bounded(r: Restrictions, lookup: Awaitable[T]) -> T:
+    try:
+        async with asyncio.timeout(r._dns_timeout):
+            return await lookup
+    except TimeoutError:
+        raise mxdns.NexthopError(True, "4.4.3", "timeout") from None
+
+
+async def _mx_addresses(
+    r: Restrictions, ctx: _Ctx, host: str, what: str, name: str, cls: str
+) -> tuple[str, ...] | None:
+    """A/AAAA of an MX host, or None after remembering the deferral Postfix asks for."""
+    try:
+        return await _dns_bounded(r, mxdns.host_addresses(r._resolver_for_dns(), host))
+    except mxdns.NexthopError as err:
+        why = (
+            "Temporary failure in name resolution" if err.temporary else "Name or service not known"
+        )
+        r.defer_if_reject(
+            ctx, 450, "4.4.4", f"<{name}>: {cls} rejected: {what.format(host)}: {why}"
+        )
+        return None
+
+
+async def _i_am_mx(r: Restrictions, ctx: _Ctx, hosts: list[str], name: str, cls: str) -> bool:
+    """Postfix i_am_mx(): an MX name in mydestination, else an MX address of this host."""
+    if any(r.resolve(f"postmaster@{host}").cls is AddressClass.LOCAL for host in hosts):
+        return True
+    for host in hosts:
+        addrs = await _mx_addresses(
+            r, ctx, host, "Unable to look up mail exchanger host {}", name, cls
+        )
+        if addrs and any(r.own_address(a) for a in addrs):
+            return True
+    return False
+
+
+async def _all_in_mx_networks(r: Restrictions, ctx: _Ctx, host: str, name: str, cls: str) -> bool:
+    addrs = await _mx_addresses(
+        r, ctx, host, "Unable to look up host {} as mail exchanger", name, cls
+    )
+    return bool(addrs) and all(r._mx_networks.match(host, a) for a in addrs or ())
+
+
 def _helo_syntax(r: Restrictions, fqdn: bool) -> Check:
     def check(ctx: _Ctx, name: str, cls: str) -> Status:
         helo = ctx.c.helo
@@ -1111,6 +1276,33 @@ def _sender_login_mismatch(r: Restrictions) -> Check:
     return check
 
 
+def _policy_check(r: Restrictions, spec: str) -> Check:
+    """check_policy_service: the server's action goes through the access(5) machinery;
+    when the server cannot be asked (or answers malformed UTF-8), the default action."""
+    service = r._policies.get(spec)
+    if service is None:
+        settings = policy.parse_service(spec, r.p)
+        service = r._policies[spec] = PolicyService(settings, r.p.queue_directory)
+
+    async def check(ctx: _Ctx, name: str, cls: str) -> Status:
+        def warn(text: str) -> None:
+            ctx.notices.append(("warning", text))
+
+        attrs = policy.request_attributes(ctx.c, ctx.where, ctx.recipient, ctx.etrn, service.s, r.p)
+        action = await service.query(attrs, warn)
+        if action is not None and r.p.smtputf8_enable and not policy.valid_action(action):
+            warn(f'malformed UTF-8 in policy server {spec} response: "{action}"')
+            action = None
+        if action is None:
+            action = service.s.default_action
+        status = r.table_result(ctx, spec, action, name, cls)
+        if isinstance(status, _Deferred):
+            return await status.coro
+        return status
+
+    return check
+
+
 # -- table restrictions: factory(r, table, ref) -> Check ---------------------------
 
 TableFactory = Callable[[Restrictions, Table, str], Check]
@@ -1232,6 +1424,7 @@ _CHECKS: dict[str, Factory] = {
     "reject_unauth_destination": lambda r: _unauth_destination(r, defer=False),
     "defer_unauth_destination": lambda r: _unauth_destination(r, defer=True),
     "permit_auth_destination": _permit_auth_destination,
+    "permit_mx_backup": _permit_mx_backup,
     "reject_invalid_helo_hostname": lambda r: _helo_syntax(r, fqdn=False),
     "reject_invalid_hostname": lambda r: _helo_syntax(r, fqdn=False),
     "reject_non_fqdn_helo_hostname": lambda r: _helo_syntax(r, fqdn=True),
@@ -1255,6 +1448,7 @@ _CHECKS: dict[str, Factory] = {
 }
 _DNS_CHECKS = frozenset(
     {
+        "permit_mx_backup",
         "reject_unknown_helo_hostname",
         "reject_unknown_hostname",
         "reject_unknown_sender_domain",

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import os
 import socket
 import time
 import traceback
@@ -115,6 +117,7 @@ class SmtpSession(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.connect_decision: Decision | None = None
         self.last_recipient: str | None = None  # for smtpd_data_restrictions' replies
+        self.prepend: list[str] = []  # headers from PREPEND actions, for this transaction
         self.limits: SessionLimits | None = None
 
     # -- asyncio callbacks ---------------------------------------------------
@@ -354,6 +357,8 @@ class SmtpSession(asyncio.Protocol):
         if not self.svc.restrictions.uses_dns:
             then(run_now(check))
             return
+        if self.svc.restrictions.uses_policy:
+            self._policy_attributes()
         self.busy = True
         self.loop.create_task(self._decide_later(check, then))
 
@@ -368,6 +373,25 @@ class SmtpSession(asyncio.Protocol):
             self._resume()
         except Exception as exc:
             self._crash(exc)
+
+    def _policy_attributes(self) -> None:
+        """What a policy server is told that only the session knows (policy.py)."""
+        x = self.client.extra
+        transport = self.transport
+        sockname = transport.get_extra_info("sockname") if transport is not None else None
+        x["client_port"] = str(self.client_port)
+        x["server_address"] = self.local_addr
+        x["server_port"] = str(sockname[1]) if isinstance(sockname, tuple) else ""
+        x["protocol_name"] = self._log_protocol()
+        x["queue_id"] = self.queue_id or ""
+        x["sasl_method"] = self.sasl_method or ""
+        x["sasl_sender"] = self.sasl_sender or ""
+        info = self.tls_info
+        if info is not None:
+            x["encryption_protocol"] = info.protocol
+            x["encryption_cipher"] = info.cipher_name
+            x["encryption_keysize"] = str(info.cipher_usebits)
+            x["ccert_issuer_cn"] = info.peer_cert.issuer_cn if info.peer_cert else ""
 
     def on_helo(self, event: ev.Helo) -> None:
         previous, self.client.helo = self.client.helo, event.name
@@ -388,6 +412,13 @@ class SmtpSession(asyncio.Protocol):
         if self._refused(self.limits.mail(self.peer) if self.limits else None):
             return
         self.client.sender = internal_form(event.address)
+        self.prepend = []
+        # Postfix's policy "instance": one per transaction (pid, time, sequence).
+        now = time.time()
+        self.client.extra["instance"] = (
+            f"{os.getpid():x}.{int(now):x}.{int(now % 1 * 1e6):x}.{next(_INSTANCES):x}"
+        )
+        self.client.extra["size"] = str(event.params.size or 0)
         auth = event.params.auth
         self.sasl_sender = auth if auth and auth != "<>" and self.svc.sasl else None
 
@@ -490,7 +521,9 @@ class SmtpSession(asyncio.Protocol):
             tls_clauses=self._received_tls_clauses(),
             # local_header_rewrite_clients = permit_inet_interfaces: our own addresses.
             rewrite_headers=_is_loopback(self.client.addr),
+            prepend=self.prepend,
         )
+        self.prepend = []
         self.queue_id = None
         self.busy = True
         self.loop.create_task(self._commit(sub, event.bdat))
@@ -562,6 +595,7 @@ class SmtpSession(asyncio.Protocol):
         sasl = self.svc.sasl
         assert sasl is not None
         tls = self.tls_info is not None
+        self.conn.auth_hidden = sasl.exceptions.match(self.client.name, self.client.addr)
         try:
             self.conn.sasl_mechanisms = await sasl.mechanisms(tls)
         except DovecotError as exc:
@@ -749,6 +783,9 @@ class SmtpSession(asyncio.Protocol):
             if action == "warning":
                 self.log.warning("smtpd", text)
                 continue
+            if action == "prepend":  # access(5) PREPEND: a header for this message
+                self.prepend.append(text)
+                continue
             self.log.info(
                 "smtpd",
                 logfmt.reject(
@@ -905,6 +942,8 @@ class SmtpSession(asyncio.Protocol):
             self.limits.close()
         self.svc.sessions.discard(self)
 
+
+_INSTANCES = itertools.count(1)
 
 _HANDLERS = {
     ev.Helo: SmtpSession.on_helo,
