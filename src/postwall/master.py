@@ -130,6 +130,8 @@ def build_smtpd_services(
     if problems:
         raise StartupError(problems)
     for service in services.values():
+        for warning in service.restrictions.warnings:  # e.g. a skipped regexp: rule
+            log.warning("smtpd", warning)
         if service.tls is not None:
             # As Postfix's smtpd logs when its TLS engine starts, with what it noticed
             # (a private key readable by others, an unusable setting...).

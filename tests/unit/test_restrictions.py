@@ -85,7 +85,7 @@ def test_open_relay_configurations_refuse_to_start(tmp_path: Path) -> None:
     [
         {"smtpd_client_restrictions": "reject_rbl_client zen.example"},
         {"smtpd_recipient_restrictions": "reject_unverified_recipient, reject"},
-        {"smtpd_helo_restrictions": "check_helo_access regexp:/x"},
+        {"smtpd_helo_restrictions": "check_helo_access cidr:/x"},
         {"smtpd_end_of_data_restrictions": "reject"},
         {"smtpd_restriction_classes": "special"},
     ],
