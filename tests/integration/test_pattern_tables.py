@@ -1,0 +1,55 @@
+"""regexp: and pcre: tables in a running postwall: check_sender_access answers as
+Postfix's smtpd (whole-address lookups only), and a broken rule is logged at start-up."""
+
+from __future__ import annotations
+
+import smtplib
+from pathlib import Path
+
+RCPT = "someone@postwall.test"
+
+
+def _rcpt_reply(port: int, sender: str) -> tuple[int, str]:
+    with smtplib.SMTP("127.0.0.1", port, timeout=20) as client:
+        client.ehlo("client.example")
+        code, _ = client.mail(sender)
+        assert code == 250
+        code, text = client.rcpt(RCPT)
+        return code, text.decode()
+
+
+def test_check_sender_access_with_a_regexp_table(postwall_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    table = tmp_path / "sender_access"
+    table.write_text(
+        "# spammers\n"
+        "/^spam(\\+.*)?@/\tREJECT\n"
+        "/@(.*\\.)?bad\\.example$/\t550 5.7.0 go away, ${1}domain\n"
+        "/^bad\\.example$/\tREJECT never matched: pattern tables see the whole address\n"
+        "/(broken/\tREJECT\n"
+    )
+    server = postwall_factory(
+        params={
+            "mydestination": "postwall.test",
+            "local_recipient_maps": "",
+            "smtpd_sender_restrictions": f"check_sender_access regexp:{table}",
+        }
+    )
+    assert _rcpt_reply(server.port, "spam+x@anywhere.example") == (
+        554,
+        "5.7.1 <spam+x@anywhere.example>: Sender address rejected: Access denied",
+    )
+    assert _rcpt_reply(server.port, "joe@mail.bad.example") == (
+        550,
+        "5.7.0 <joe@mail.bad.example>: Sender address rejected: go away, mail.domain",
+    )
+    assert _rcpt_reply(server.port, "joe@bad.example")[0] == 550
+    # Neither the domain nor `user@` is looked up in a pattern table.
+    assert _rcpt_reply(server.port, "user@good.example") == (250, "2.1.5 Ok")
+    assert _rcpt_reply(server.port, "spammer@good.example") == (250, "2.1.5 Ok")
+    server.wait_log(
+        r"NOQUEUE: reject: RCPT from localhost\[127\.0\.0\.1\]: 554 5\.7\.1 "
+        r"<spam\+x@anywhere\.example>: Sender address rejected: Access denied; "
+        r"from=<spam\+x@anywhere\.example> to=<someone@postwall\.test> proto=ESMTP "
+        r"helo=<client\.example>"
+    )
+    server.wait_log(rf"warning: regexp map {table}, line 5: .*")
