@@ -3,8 +3,13 @@ Postfix's smtpd (whole-address lookups only), and a broken rule is logged at sta
 
 from __future__ import annotations
 
+import os
 import smtplib
+import subprocess
+import sys
 from pathlib import Path
+
+import peers
 
 RCPT = "someone@postwall.test"
 
@@ -53,3 +58,26 @@ def test_check_sender_access_with_a_regexp_table(postwall_factory, tmp_path: Pat
         r"helo=<client\.example>"
     )
     server.wait_log(rf"warning: regexp map {table}, line 5: .*")
+
+
+def test_header_checks_action_that_changes_delivery_stops_start_up(tmp_path: Path) -> None:
+    (tmp_path / "header_checks").write_text("/^Subject: x/ FILTER smtp:[127.0.0.1]:10025\n")
+    (tmp_path / "main.cf").write_text(
+        f"myhostname = x.example\nqueue_directory = {tmp_path}/queue\n"
+        f"data_directory = {tmp_path}/data\nmail_owner = root\n"
+        f"header_checks = pcre:{tmp_path}/header_checks\n"
+    )
+    (tmp_path / "master.cf").write_text(f"127.0.0.1:{peers.free_port()} inet n - n - - smtpd\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "postwall", "start", "-c", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "PYTHONPATH": str(peers.SRC)},
+    )
+    assert proc.returncode != 0
+    assert (
+        f"{tmp_path}/main.cf:5: header_checks: pcre:{tmp_path}/header_checks: "
+        "action FILTER is not supported by postwall"
+    ) in proc.stderr
+    assert "Traceback" not in proc.stderr
