@@ -81,3 +81,34 @@ def test_header_checks_action_that_changes_delivery_stops_start_up(tmp_path: Pat
         "action FILTER is not supported by postwall"
     ) in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_postwall_check_reports_pattern_table_problems(tmp_path: Path) -> None:
+    (tmp_path / "header_checks").write_text("/a(/ REJECT\n/^Subject: x/ WARN\n")
+    (tmp_path / "body_checks").write_text("/y/ REDIRECT a@b.example\n")
+    (tmp_path / "main.cf").write_text(
+        f"myhostname = x.example\nqueue_directory = {tmp_path}/queue\n"
+        f"header_checks = regexp:{tmp_path}/header_checks\n"
+        f"body_checks = pcre:{tmp_path}/body_checks\n"
+    )
+    (tmp_path / "master.cf").write_text("127.0.0.1:2525 inet n - n - - smtpd\n")
+
+    def check() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "postwall", "check", "-c", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "PYTHONPATH": str(peers.SRC)},
+        )
+
+    res = check()
+    assert res.returncode == 1
+    assert (
+        f"error: {tmp_path}/main.cf:4: body_checks: pcre:{tmp_path}/body_checks: "
+        "action REDIRECT is not supported by postwall"
+    ) in res.stderr
+    (tmp_path / "body_checks").write_text("/y/ WARN\n")
+    res = check()
+    assert res.returncode == 0, res.stderr
+    assert f"warning: regexp map {tmp_path}/header_checks, line 1: " in res.stderr

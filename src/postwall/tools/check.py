@@ -15,6 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from postwall.cleanup import ChecksError, ContentChecks
 from postwall.config import Config, ConfigError, Service, load
 from postwall.config import params as P
 from postwall.config.network import Networks
@@ -56,6 +57,10 @@ def check(directory: Path) -> tuple[list[str], list[str]]:
         LocalAgent(config.params, AddressResolver.from_params(config.params))
     except (TableError, ValueError, OSError) as exc:
         errors.append(f"{_table_where(config, None, str(exc))}: {exc}")
+    try:
+        warnings.extend(ContentChecks(config.params).warnings)
+    except ChecksError as exc:  # header_checks, body_checks
+        errors.append(f"{_where(config, None, str(exc).partition(':')[0])}: {exc}")
     queue = Path(config.params.queue_directory)
     if not queue.is_dir() and not queue.parent.is_dir():
         errors.append(
@@ -103,7 +108,8 @@ def _check_service(config: Config, svc: Service, errors: list[str], warnings: li
             _check_cert(config, svc, errors, warnings)
     try:
         resolver = AddressResolver.from_params(params)
-        Restrictions(params, resolver, Networks(params.mynetworks))
+        restrictions = Restrictions(params, resolver, Networks(params.mynetworks))
+        warnings.extend(restrictions.warnings)  # e.g. a skipped regexp: rule
     except TableError as exc:
         errors.append(f"{_table_where(config, svc, str(exc))}: {exc}")
     except (NotSupported, ValueError, OSError) as exc:
