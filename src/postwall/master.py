@@ -28,7 +28,7 @@ from pathlib import Path
 
 from postwall import __version__, fsutil, logfmt
 from postwall.anvil import Anvil
-from postwall.cleanup import Cleanup
+from postwall.cleanup import ChecksError, Cleanup, ContentChecks
 from postwall.config import Config, ConfigError, Service, load
 from postwall.config.network import Networks
 from postwall.config.params import Params
@@ -132,6 +132,8 @@ def build_smtpd_services(
     if problems:
         raise StartupError(problems)
     for service in services.values():
+        for warning in service.restrictions.warnings:  # e.g. a skipped regexp: rule
+            log.warning("smtpd", warning)
         if service.tls is not None:
             # As Postfix's smtpd logs when its TLS engine starts, with what it noticed
             # (a private key readable by others, an unusable setting...).
@@ -157,6 +159,17 @@ def _where(config: Config, parameter: str) -> str:
     """main.cf:line of a parameter's setting (just main.cf for a default)."""
     setting = config.settings.get(parameter)
     return setting.where if setting else f"{config.params.config_directory}/main.cf"
+
+
+def _checks(config: Config, log: MailLog) -> ContentChecks:
+    """header_checks and body_checks for cleanup; StartupError naming the main.cf line."""
+    try:
+        checks = ContentChecks(config.params)
+    except ChecksError as exc:
+        raise StartupError([f"{_where(config, str(exc).partition(':')[0])}: {exc}"]) from None
+    for warning in checks.warnings:  # e.g. a skipped regexp: rule
+        log.warning("cleanup", warning)
+    return checks
 
 
 def build_delivery(config: Config, log: MailLog) -> Delivery:
@@ -288,7 +301,9 @@ class Master:
             agents=self.delivery.agents,
             sync_agents=self.delivery.sync_agents,
         )
-        self.cleanup = Cleanup(params, self.store, self.log, on_commit=self.qmgr.wake)
+        self.cleanup = Cleanup(
+            params, self.store, self.log, on_commit=self.qmgr.wake, checks=_checks(config, self.log)
+        )
         self.qmgr.attach_cleanup(self.cleanup)
         # One anvil for the server's life: counts and rates survive a reload.
         self.anvil = Anvil(params.anvil_rate_time_unit)
@@ -448,6 +463,7 @@ class Master:
             config = self.load()
             services = build_smtpd_services(config, self.log, self.cleanup, self.anvil)
             delivery = build_delivery(config, self.log)
+            checks = _checks(config, self.log)
         except StartupError as exc:
             for problem in exc.problems:
                 self.log.warning(
@@ -456,6 +472,7 @@ class Master:
             sd_notify("READY=1")
             return
         self.log.reopen()
+        self.cleanup.checks = checks
         self.anvil.time_unit = config.params.anvil_rate_time_unit
         self.pickup.params = config.params
         for name, listener in self.listeners.items():

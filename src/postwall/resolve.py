@@ -239,8 +239,10 @@ class AddressResolver:
         parts = domain.split(".")
         keys += ["." + ".".join(parts[i:]) for i in range(1, len(parts))]
         keys.append("*")
-        for key in keys:
+        for i, key in enumerate(keys):
             for table in self._transport_maps:
+                if i and not table.fixed:  # regexp:, pcre: see the full address only
+                    continue
                 value = table.lookup(key)
                 if value is not None:
                     return value

@@ -74,9 +74,11 @@ def test_inline_and_static() -> None:
 
 def test_unsupported_and_missing_tables(tmp_path: Path) -> None:
     with pytest.raises(NotSupportedError, match="not supported"):
-        open_table("regexp:/etc/postfix/header_checks")
+        open_table("cidr:/etc/postfix/client_access")
     with pytest.raises(NotSupportedError):
-        open_table("pcre:/x")
+        open_table("ldap:/x")
+    with pytest.raises(TableError, match="No such file"):
+        open_table(f"regexp:{tmp_path}/missing")
     with pytest.raises(TableError, match="No such file"):
         open_table(f"hash:{tmp_path}/missing")
     with pytest.raises(TableError, match="type:name"):

@@ -85,7 +85,7 @@ def test_open_relay_configurations_refuse_to_start(tmp_path: Path) -> None:
     [
         {"smtpd_client_restrictions": "check_client_a_access texthash:x"},
         {"smtpd_recipient_restrictions": "reject_unverified_recipient, reject"},
-        {"smtpd_helo_restrictions": "check_helo_access regexp:/x"},
+        {"smtpd_helo_restrictions": "check_helo_access cidr:/x"},
         {"smtpd_end_of_data_restrictions": "reject"},
         {"smtpd_restriction_classes": "special"},
     ],
@@ -347,3 +347,40 @@ def test_check_policy_service_syntax_is_checked_at_start_up(tmp_path: Path) -> N
         with pytest.raises(ValueError, match=message) as info:
             make(tmp_path, smtpd_client_restrictions=split_list(spec))
         assert str(info.value).startswith("smtpd_client_restrictions: "), info.value
+
+
+def test_regexp_access_tables_see_the_whole_address_only(tmp_path: Path) -> None:
+    maps = {
+        "senders": "/^spam(\\+.*)?@/ REJECT\n/^example\\.org$/ REJECT domain keys never reach it\n"
+        "/^(.+)@bad\\.example$/ 550 5.7.0 $1, go away\n",
+        "logins": "/^(alice)@example\\.org$/ ${1}\n/^@shared\\.example$/ team\n",
+    }
+    r = make(
+        tmp_path,
+        maps,
+        smtpd_sender_restrictions="check_sender_access regexp:senders, "
+        "reject_known_sender_login_mismatch",
+        smtpd_sasl_auth_enable=True,
+        smtpd_sender_login_maps="pcre:logins",
+    )
+
+    def mail(sender: str, user: str | None = "alice") -> str | None:
+        return text(rcpt(r, outside(sender=sender, sasl_username=user), "root@mx.example.com"))
+
+    assert mail("spam+x@example.org") == (
+        "554 5.7.1 <spam+x@example.org>: Sender address rejected: Access denied"
+    )
+    assert mail("joe@bad.example") == (
+        "550 5.7.0 <joe@bad.example>: Sender address rejected: joe, go away"
+    )
+    assert mail("alice@example.org") is None  # neither the domain nor `alice@` is looked up
+    assert mail("alice@example.org", "mallory") == (
+        "553 5.7.1 <alice@example.org>: Sender address rejected: not owned by user mallory"
+    )
+    assert mail("bob@shared.example", "mallory") is None  # no `@domain` key either
+    with pytest.raises(NotSupported, match="DISCARD"):
+        make(
+            tmp_path,
+            {"held": "/^x@/ DISCARD\n"},
+            smtpd_sender_restrictions="check_sender_access pcre:held",
+        )

@@ -444,6 +444,15 @@ class Params:
     disable_vrfy_command: bool = _b("no", "Disable the VRFY command.")
     smtpd_discard_ehlo_keywords: tuple[str, ...] = _l("", "EHLO keywords not announced.")
     always_add_missing_headers: bool = _b("no", "Add missing From:/To:/Date:/Message-ID:.")
+    header_checks: tuple[str, ...] = _l("", "cleanup: tables for message header lines.")
+    mime_header_checks: tuple[str, ...] = _l(
+        "$header_checks", "cleanup: tables for MIME headers (Content-*, MIME-Version).", ()
+    )
+    nested_header_checks: tuple[str, ...] = _l(
+        "$header_checks", "cleanup: tables for the headers of attached messages.", ()
+    )
+    body_checks: tuple[str, ...] = _l("", "cleanup: tables for message body lines.")
+    body_checks_size_limit: int = _i("51200", "Body bytes per MIME part body_checks inspect.")
     local_header_rewrite_clients: tuple[str, ...] = _l(
         "permit_inet_interfaces", "Clients whose headers get local rewriting."
     )

@@ -2,15 +2,22 @@
 
 Contract: `open_table(ref, base)` reads what the table needs once, at open time, and
 raises `TableError` (missing file, bad inline syntax) or `NotSupportedError` (a type
-postwall does not implement, e.g. regexp:, pcre:, ldap:). `Table.lookup(key)` never
-raises: it returns the value or None. Indexed types (hash:, btree:, lmdb:, cdb:, dbm:)
-read the *source* text file the database would be built from, so `hash:/etc/aliases`
-reads /etc/aliases; `aliases=True` selects the aliases(5) `name: value` format that
-postalias uses instead of postmap's `key value`. Keys are case-insensitive for file,
-inline and static tables (Postfix folds them to lower case). `proxy:` is stripped.
-`unix:passwd.byname` looks users up with pwd.getpwnam(). `nis:` tables find nothing,
-as Postfix's do on a host without a NIS domain. Callers: local delivery (aliases),
-smtpd (recipient checks), the queue manager (transport_maps).
+postwall does not implement, e.g. ldap:, cidr:). `Table.lookup(key)` never raises: it
+returns the value or None. `Table.fixed` is False for pattern tables (regexp:, pcre:,
+compiled by `config.regexp`): Postfix queries those with whole strings only, never
+with the partial keys of access(5) or transport(5) searches. `Table.results()` lists
+the possible results (for start-up checks of actions); `Table.warnings` what Postfix
+would warn about when opening it (a skipped rule, a duplicate key).
+
+Indexed types (hash:, btree:, lmdb:, cdb:, dbm:) read the *source* text file the
+database would be built from, so `hash:/etc/aliases` reads /etc/aliases;
+`aliases=True` selects the aliases(5) `name: value` format that postalias uses
+instead of postmap's `key value`. Keys are case-insensitive for file, inline and
+static tables (Postfix folds them to lower case); pattern tables get the key as it
+is. `proxy:` is stripped. `unix:passwd.byname` looks users up with pwd.getpwnam().
+`nis:` tables find nothing, as Postfix's do on a host without a NIS domain. Callers:
+local delivery (aliases), smtpd (access and recipient checks), the queue manager
+(transport_maps), cleanup (header_checks, body_checks).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from pathlib import Path
 
 from .maincf import logical_lines
 from .params import split_list
+from .regexp import Rules, compile_rules
 
 _FILE_TYPES = ("hash", "btree", "lmdb", "cdb", "dbm", "sdbm", "texthash")
 
@@ -36,12 +44,17 @@ class NotSupportedError(TableError):
 class Table:
     """Base lookup table; `ref` is the name it was opened with."""
 
+    fixed = True  # a fixed-string table; pattern tables say False
+
     def __init__(self, ref: str) -> None:
         self.ref = ref
         self.warnings: list[str] = []
 
     def lookup(self, key: str) -> str | None:
         raise NotImplementedError
+
+    def results(self) -> list[str]:
+        return []
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.ref}>"
@@ -57,6 +70,9 @@ class DictTable(Table):
     def lookup(self, key: str) -> str | None:
         return self.entries.get(key.lower())
 
+    def results(self) -> list[str]:
+        return list(self.entries.values())
+
 
 class StaticTable(Table):
     def __init__(self, ref: str, value: str) -> None:
@@ -65,6 +81,9 @@ class StaticTable(Table):
 
     def lookup(self, key: str) -> str | None:
         return self.value
+
+    def results(self) -> list[str]:
+        return [self.value]
 
 
 class PasswdTable(Table):
@@ -77,6 +96,18 @@ class PasswdTable(Table):
             return None
         fields = (pw.pw_name, pw.pw_passwd, pw.pw_uid, pw.pw_gid, pw.pw_gecos, pw.pw_dir)
         return ":".join([*map(str, fields), pw.pw_shell])
+
+
+class PatternTable(Table):
+    """regexp: and pcre: (config.regexp): first matching rule wins, whole keys only."""
+
+    fixed = False
+
+    def __init__(self, ref: str, rules: Rules) -> None:
+        super().__init__(ref)
+        self.warnings = rules.warnings
+        self.lookup = rules.lookup  # type: ignore[method-assign]
+        self.results = rules.results  # type: ignore[method-assign]
 
 
 class EmptyTable(Table):
@@ -151,7 +182,7 @@ def open_table(ref: str, base: Path | None = None, *, aliases: bool = False) -> 
     if not colon or not kind:
         raise TableError(f'table "{ref}" must be of the form type:name')
     kind = kind.lower()
-    if kind in _FILE_TYPES:
+    if kind in _FILE_TYPES or kind in ("regexp", "pcre"):
         path = Path(name)
         if base is not None and not path.is_absolute():
             path = base / path
@@ -159,6 +190,8 @@ def open_table(ref: str, base: Path | None = None, *, aliases: bool = False) -> 
             text = path.read_text(encoding="utf-8", errors="surrogateescape")
         except OSError as err:
             raise TableError(f"{ref}: open {path}: {err.strerror}") from None
+        if kind in ("regexp", "pcre"):
+            return PatternTable(ref, compile_rules(kind, str(path), text))
         return parse_source(text, ref, str(path), aliases=aliases)
     if kind == "inline":
         return _inline(ref, name)

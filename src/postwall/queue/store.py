@@ -146,6 +146,7 @@ class _Job:
     # Set for an asyncio caller: its future is settled on this loop, one
     # call_soon_threadsafe per batch (each wake-up of the loop costs a syscall).
     loop: asyncio.AbstractEventLoop | None = None
+    state: State = "incoming"  # "hold" for a message header_checks put on hold
 
 
 # (queue file, its deferral-reason file) pairs, the caller's future and loop.
@@ -240,13 +241,13 @@ class _GroupCommitter:
         else:
             written = list(self._pool.map(_write_and_fsync, batch))
         linked: list[_Job] = []
-        incoming = store.state_dir("incoming")
+        dirs = {job.state: store.state_dir(job.state) for job in batch}
         for job, err in zip(batch, written, strict=True):
             if err is None:
                 try:
                     # One step, and never over an existing queue file.
                     fsutil.rename_noreplace(
-                        job.reservation.tmp_path, incoming + job.reservation.queue_id
+                        job.reservation.tmp_path, dirs[job.state] + job.reservation.queue_id
                     )
                     store.forget(job.reservation)
                     linked.append(job)
@@ -258,11 +259,12 @@ class _GroupCommitter:
         if not linked:
             return
         try:
-            fsutil.fsync_dir(incoming)
+            for state in {job.state for job in linked}:
+                fsutil.fsync_dir(dirs[state])
         except OSError as exc:
             for job in linked:
                 with contextlib.suppress(OSError):
-                    os.unlink(incoming + job.reservation.queue_id)
+                    os.unlink(dirs[job.state] + job.reservation.queue_id)
                 outcomes.append((job, exc))
             return
         for job in linked:
@@ -582,6 +584,7 @@ class QueueStore:
         content: bytes | memoryview,
         reservation: Reservation | None,
         loop: asyncio.AbstractEventLoop | None = None,
+        state: State = "incoming",
     ) -> concurrent.futures.Future[str] | asyncio.Future[str]:
         parts = records.encode(envelope, content)  # ValueError before anything is queued
         if reservation is None:
@@ -596,16 +599,21 @@ class QueueStore:
         future: concurrent.futures.Future[str] | asyncio.Future[str]
         future = loop.create_future() if loop is not None else concurrent.futures.Future()
         try:
-            committer.submit(_Job(parts, reservation, future, loop))
+            committer.submit(_Job(parts, reservation, future, loop, state))
         except BaseException:
             self.abandon(reservation)
             raise
         return future
 
     async def commit(
-        self, envelope: Envelope, content: bytes, reservation: Reservation | None = None
+        self,
+        envelope: Envelope,
+        content: bytes,
+        reservation: Reservation | None = None,
+        *,
+        state: State = "incoming",
     ) -> str:
-        """Durably queue a message into incoming/; returns its queue id.
+        """Durably queue a message into incoming/ (or `state` "hold"); returns its queue id.
 
         The id is `reservation`'s, else `envelope.queue_id`'s if set (from
         `new_queue_id`), else a fresh one. A reservation is consumed, except on
@@ -616,7 +624,7 @@ class QueueStore:
         if reservation is None:
             reservation = await self.reserve()
         try:
-            future = self._submit(envelope, content, reservation, asyncio.get_running_loop())
+            future = self._submit(envelope, content, reservation, asyncio.get_running_loop(), state)
         except BaseException:
             if owned:
                 self.abandon(reservation)

@@ -190,6 +190,7 @@ class Restrictions:
         self._base = Path(params.config_directory)
         self._tables: dict[str, Table] = {}
         self._policies: dict[str, PolicyService] = {}
+        self.warnings: list[str] = []  # from opening tables (skipped regexp: rules...)
         self.uses_dns = False  # some restriction may suspend (DNS, policy server)
         self.delay_reject = params.smtpd_delay_reject
         self._parent_style = "smtpd_access_maps" in params.parent_domain_matches_subdomains
@@ -239,7 +240,8 @@ class Restrictions:
                 raise NotSupported(f"{where}: {err}") from None
             except TableError as err:
                 raise ValueError(f"{where}: {err}") from None
-            for value in getattr(table, "entries", {}).values():
+            self.warnings.extend(table.warnings)
+            for value in table.results():
                 words = value.split()
                 if words and words[0].upper() in _DELIVERY_ACTIONS:
                     raise NotSupported(
@@ -591,7 +593,7 @@ class Restrictions:
         return _Deferred(self._run(ctx, items, name, cls))  # type: ignore[return-value]
 
     def lookup(self, table: Table, key: str, partial: bool) -> str | None:
-        if partial and not getattr(table, "fixed", True):
+        if partial and not table.fixed:
             return None
         return table.lookup(key)
 
@@ -717,7 +719,7 @@ class Restrictions:
         if self._resolver.classify(address) is AddressClass.LOCAL:
             keys += [local, bare] if bare != local else [local]
         keys.append(f"@{domain}")
-        for key in keys:
+        for key in keys if table.fixed else keys[:1]:  # a pattern table: whole address
             value = table.lookup(key)
             if value is not None:
                 return value

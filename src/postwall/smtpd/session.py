@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from postwall import logfmt
-from postwall.cleanup import Cleanup, Submission
+from postwall.cleanup import Cleanup, ContentRejected, Submission
 from postwall.config.network import Networks
 from postwall.config.params import Params
 from postwall.log import MailLog
@@ -539,6 +539,8 @@ class SmtpSession(asyncio.Protocol):
         try:
             if failure is None:
                 self.conn.accept(queue_id=sub.queue_id)
+            elif isinstance(failure, ContentRejected):  # cleanup logged why
+                self.conn.reject(failure)
             else:
                 self.log.info(
                     "smtpd",

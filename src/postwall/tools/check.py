@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from postwall.anvil import Anvil
+from postwall.cleanup import ChecksError, ContentChecks
 from postwall.config import Config, ConfigError, Service, load
 from postwall.config import params as P
 from postwall.config.network import Networks
@@ -67,6 +68,10 @@ def check(directory: Path) -> tuple[list[str], list[str]]:
         errors += exc.problems
     except (TableError, ValueError, OSError):
         pass  # the LocalAgent check above said it with a better file:line
+    try:
+        warnings.extend(ContentChecks(config.params).warnings)
+    except ChecksError as exc:  # header_checks, body_checks
+        errors.append(f"{_where(config, None, str(exc).partition(':')[0])}: {exc}")
     queue = Path(config.params.queue_directory)
     if not queue.is_dir() and not queue.parent.is_dir():
         errors.append(
@@ -114,7 +119,8 @@ def _check_service(config: Config, svc: Service, errors: list[str], warnings: li
             _check_cert(config, svc, errors, warnings)
     try:
         resolver = AddressResolver.from_params(params)
-        Restrictions(params, resolver, Networks(params.mynetworks))
+        restrictions = Restrictions(params, resolver, Networks(params.mynetworks))
+        warnings.extend(restrictions.warnings)  # e.g. a skipped regexp: rule
         if params.smtpd_sasl_auth_enable:
             SaslServer(params)
         ClientLimits(svc.name, params, Anvil())

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from postwall import logfmt, pickup
-from postwall.cleanup import Cleanup, Submission
+from postwall.cleanup import ChecksError, Cleanup, Submission
 from postwall.config import Config
 from postwall.delivery.agents import LocalAgent
 from postwall.log import SYSLOG_SOCKET, MailLog
@@ -603,7 +603,10 @@ def _submit(env: _Env, queue_dir: Path, sub: Submission, pickup_sender: str | No
     log = env.log or MailLog(env.config.params.syslog_name, env.config.params.myhostname)
     store = QueueStore(queue_dir, spare_ids=0)
     try:
-        cleanup = Cleanup(env.config.params, store, log)
+        try:
+            cleanup = Cleanup(env.config.params, store, log)
+        except ChecksError as exc:  # an unusable header_checks/body_checks table
+            raise Fatal(str(exc)) from None
         sub.queue_id = cleanup.new_queue_id()
         if pickup_sender is not None:
             log.info("pickup", logfmt.pickup(sub.queue_id, env.uid, pickup_sender))
@@ -813,7 +816,11 @@ def _smtp_mode(env: _Env) -> int:
     log = env.log or MailLog(params.syslog_name, params.myhostname)
     conn = ServerConnection(ServerSettings.from_params(params))
     store = QueueStore(queue_dir, spare_ids=0)
-    cleanup = Cleanup(params, store, log)
+    try:
+        cleanup = Cleanup(params, store, log)
+    except ChecksError as exc:
+        store.close()
+        raise Fatal(str(exc)) from None
     name, addr = "localhost", "127.0.0.1"
     log.info("smtpd", logfmt.connect(name, addr))
     queue_id: str | None = None
