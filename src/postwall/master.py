@@ -42,6 +42,7 @@ from postwall.delivery.agents import (
     retry_agent,
 )
 from postwall.delivery.local import DeliveryHelper
+from postwall.delivery.mbox import MboxSettings
 from postwall.delivery.smtp import SmtpAgent
 from postwall.log import MailLog
 from postwall.pickup import PickupServer
@@ -172,21 +173,33 @@ def _checks(config: Config, log: MailLog) -> ContentChecks:
     return checks
 
 
+def _shown(value: object) -> str:
+    return "yes" if value is True else str(value)
+
+
 def build_delivery(config: Config, log: MailLog) -> Delivery:
     """The delivery agents of main.cf; StartupError naming file:line if one cannot start."""
     params = config.params
+    # Known to postwall but not acted on: mail would silently go another way (past an
+    # after-queue content filter, into the mailbox instead of procmail...), so refuse.
     unsupported = [
         (name, text)
         for name, text in (
             ("smtp_sasl_auth_enable", "SASL authentication towards servers"),
             ("smtp_tls_wrappermode", "implicit TLS towards servers"),
+            ("content_filter", "an after-queue content filter"),
+            ("mailbox_command", "mailbox delivery through a command"),
+            ("mailbox_transport", "mailbox delivery through another transport"),
+            ("fallback_transport", "a transport for recipients not in passwd"),
+            ("luser_relay", "a destination for unknown local users"),
         )
         if getattr(params, name)
     ]
     if unsupported:
         raise StartupError(
             [
-                f"{_where(config, name)}: {name} = yes: {text} is not supported yet"
+                f"{_where(config, name)}: {name} = {_shown(getattr(params, name))}: {text} "
+                "is not supported yet"
                 for name, text in unsupported
             ]
         )
@@ -391,6 +404,7 @@ class Master:
             mail_spool_directory=params.mail_spool_directory,
             recipient_delimiter=params.recipient_delimiter,
             config_dir=str(self.config_dir),
+            mbox=MboxSettings.from_params(params),
         )
         # A reload must still read root-only keys: the helper reads what main.cf names.
         tls_certs.set_file_reader(self.helper.read_file)

@@ -179,6 +179,20 @@ def test_check_reports_every_problem_with_file_and_line(initialised: Path) -> No
     assert re.search(rf"{main}:\d+: smtp_tls_wrappermode = yes: .*not supported", res.stderr)
     (initialised / "master.cf").write_text("127.0.0.1:2599 inet n - n - - smtpd\n")
 
+    # Settings postwall knows but does not act on must not be ignored silently: mail
+    # would bypass an amavis content filter or procmail.
+    _tls_main_cf(
+        initialised,
+        "content_filter = smtp-amavis:[127.0.0.1]:10024\nmailbox_command = /usr/bin/procmail\n",
+    )
+    res = postwall("check", "-c", str(initialised))
+    assert res.returncode == 1
+    for text in (
+        r"content_filter = smtp-amavis:\[127\.0\.0\.1\]:10024: an after-queue content filter",
+        r"mailbox_command = /usr/bin/procmail: mailbox delivery through a command",
+    ):
+        assert re.search(rf"{main}:\d+: {text} is not supported yet", res.stderr), res.stderr
+
     # Soft problems are warnings and keep exit 0.
     _tls_main_cf(initialised, f"queue_directory = {initialised}/queue\nmy_unused = 1\n")
     (initialised / "certs" / "smtp.key").chmod(0o640)

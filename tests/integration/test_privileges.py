@@ -310,3 +310,48 @@ def _pickup_answer(pickup: Any, queue: Path, request: Any) -> str:
         return f"queued {pickup.submit(queue, request)}"
     except pickup.PickupError as exc:
         return f"refused {exc} temporary={exc.temporary}"
+
+
+def test_mailbox_files_after_the_drop(workdir: Path) -> None:
+    """Debian's default local delivery through the root helper: /var/mail-like spool
+    (2775 root:mail), the mailbox created by the recipient with the spool's group."""
+    import grp
+
+    mail_gid = grp.getgrnam("mail").gr_gid
+    spool = workdir / "spool"
+    spool.mkdir()
+    os.chown(spool, 0, mail_gid)
+    spool.chmod(0o2775)
+    server = peers.PostwallServer(
+        config_dir=workdir / "conf",
+        port=_free_privileged_port(),
+        params={
+            "mail_owner": "postfix",
+            "mail_spool_directory": str(spool),
+            "home_mailbox": "",
+            "mydestination": "postwall.test, localhost",
+        },
+    )
+    try:
+        server.start()
+        server.wait_log(r"dropped privileges to mail_owner postfix")
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=20) as s:
+            s.sendmail(
+                "alice@example.org",
+                ["nobody@localhost", "root@localhost"],
+                peers.simple_message("mbox", "alice@example.org", "nobody@localhost"),
+            )
+        for user, uid in (("nobody", pwd.getpwnam("nobody").pw_uid), ("root", 0)):
+            box = spool / user
+            peers.wait_for(
+                lambda b=box: b.exists() and b"Subject: mbox" in b.read_bytes(), 30, user
+            )
+            st = box.stat()
+            assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (uid, mail_gid, 0o600)
+            assert box.read_bytes().startswith(b"From alice@example.org  ")
+        server.wait_log(
+            r"to=<nobody@localhost>, relay=local, .*status=sent \(delivered to mailbox\)"
+        )
+        assert not list(spool.glob("*.lock"))
+    finally:
+        server.cleanup()

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from postwall.delivery import DeliveryResult, discard, local
+from postwall.delivery import DeliveryResult, discard, lf_lines, local
+from postwall.delivery.mbox import mbox_dsn
 from postwall.queue import Envelope, QueuedMessage, QueueStore, Recipient
 
 CONTENT = b"Received: from x\r\nSubject: test\r\n\r\nline one\r\nline two\r\n"
@@ -79,10 +80,10 @@ def test_two_deliveries_get_two_files(store: QueueStore, tmp_path: Path) -> None
 
 
 def test_crlf_split_across_chunks() -> None:
-    out = b"".join(local._lf_lines(iter([b"a\r", b"\nb\r", b"\r\n", b"c\rd"])))
+    out = b"".join(lf_lines(iter([b"a\r", b"\nb\r", b"\r\n", b"c\rd"])))
     assert out == b"a\nb\r\nc\rd\n"  # only CRLF pairs change; bare CR stays
-    assert b"".join(local._lf_lines(iter([b"x\r"]))) == b"x\r\n"
-    assert b"".join(local._lf_lines(iter([]))) == b""
+    assert b"".join(lf_lines(iter([b"x\r"]))) == b"x\r\n"
+    assert b"".join(lf_lines(iter([]))) == b""
 
 
 def test_large_message_streams_correctly(store: QueueStore, tmp_path: Path) -> None:
@@ -124,10 +125,10 @@ def test_disk_full_defers(
 
 
 def test_errno_to_dsn_mapping() -> None:
-    assert local._mbox_dsn(errno.EAGAIN, "5.2.0") == "4.2.0"
-    assert local._mbox_dsn(errno.ENOSPC, "5.2.0") == "4.3.0"
-    assert local._mbox_dsn(errno.EDQUOT, "5.2.0") == "5.2.2"
-    assert local._mbox_dsn(errno.EACCES, "5.2.0") == "5.2.0"
+    assert mbox_dsn(errno.EAGAIN, "5.2.0") == "4.2.0"
+    assert mbox_dsn(errno.ENOSPC, "5.2.0") == "4.3.0"
+    assert mbox_dsn(errno.EDQUOT, "5.2.0") == "5.2.2"
+    assert mbox_dsn(errno.EACCES, "5.2.0") == "5.2.0"
 
 
 def test_resolve_unknown_user() -> None:
@@ -148,7 +149,7 @@ def test_resolve_home_mailbox_and_extension() -> None:
         recipient_delimiter="+-",
     )
     assert isinstance(r, local.Mailbox)
-    assert (r.user, r.maildir, r.uid) == ("daemon", Path("/usr/sbin/Maildir"), 1)
+    assert (r.user, r.path, r.uid, r.mbox) == ("daemon", Path("/usr/sbin/Maildir"), 1, False)
 
 
 def test_resolve_quoted_local_part() -> None:
@@ -158,13 +159,16 @@ def test_resolve_quoted_local_part() -> None:
     assert r == DeliveryResult("bounced", "5.1.1", 'unknown user: "no body"')
 
 
-def test_resolve_spool_maildir_and_unsupported_mbox() -> None:
+def test_resolve_spool_and_home_maildirs_and_mailbox_files() -> None:
     r = local.resolve_mailbox("daemon", home_mailbox="", mail_spool_directory="/var/mail/")
-    assert isinstance(r, local.Mailbox) and r.maildir == Path("/var/mail/daemon")
-    with pytest.raises(local.LocalDeliveryNotSupported, match="not supported"):
-        local.resolve_mailbox("daemon", home_mailbox="Mailbox", mail_spool_directory="")
-    with pytest.raises(local.LocalDeliveryNotSupported, match="not supported"):
-        local.resolve_mailbox("daemon", home_mailbox="", mail_spool_directory="/var/mail")
+    assert isinstance(r, local.Mailbox) and (r.path, r.mbox) == (Path("/var/mail/daemon"), False)
+    r = local.resolve_mailbox("daemon", home_mailbox="Mailbox", mail_spool_directory="")
+    assert isinstance(r, local.Mailbox)
+    assert (r.path, r.mbox, r.spool) == (Path("/usr/sbin/Mailbox"), True, None)
+    # Debian's default: no home_mailbox, the /var/mail spool without a trailing slash.
+    r = local.resolve_mailbox("daemon", home_mailbox="", mail_spool_directory="/var/mail")
+    assert isinstance(r, local.Mailbox)
+    assert (r.path, r.mbox, r.spool) == (Path("/var/mail/daemon"), True, "/var/mail")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to deliver as another user")

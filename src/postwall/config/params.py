@@ -244,6 +244,15 @@ class Params:
     home_mailbox: str = _s("", "Mailbox path relative to home; ending in / means Maildir.")
     mail_spool_directory: str = _s("/var/mail", "Directory of UNIX-style mailboxes.")
     mailbox_size_limit: int = _i("51200000", "Maximal mailbox or maildir file size in bytes.")
+    mailbox_delivery_lock: tuple[str, ...] = _l(
+        "fcntl, dotlock", "Locks taken on a mailbox file: fcntl, flock, dotlock."
+    )
+    deliver_lock_attempts: int = _i("20", "Attempts to take a mailbox lock.", lo=1)
+    deliver_lock_delay: float = _t("1s", "Time between attempts to take a mailbox lock.", lo=1)
+    stale_lock_time: float = _t("500s", "Age after which a mailbox dot-lock is removed.", lo=1)
+    strict_mailbox_ownership: bool = _b(
+        "yes", "Defer delivery to a mailbox file not owned by its recipient."
+    )
     recipient_delimiter: str = _s("", "Separators between user name and address extension.")
     queue_directory: str = _s("/var/spool/postfix", "Root of the mail queue.")
     data_directory: str = _s("/var/lib/postfix", "Directory for writable data (caches).")

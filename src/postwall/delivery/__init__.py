@@ -1,4 +1,4 @@
-"""Delivery agents (layer 3): `local` (Maildir) and `discard`; smtp comes later.
+"""Delivery agents (layer 3): `local` (Maildir, mailbox files), `discard`, `smtp`.
 
 Every agent returns a `DeliveryResult` per recipient; the queue manager turns it
 into the `status=` log line (`status=sent (delivered to maildir)`) and into
@@ -7,10 +7,11 @@ recipient completion or a bounce/defer.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["DeliveryResult", "DeliveryStatus"]
+__all__ = ["DeliveryResult", "DeliveryStatus", "lf_lines"]
 
 DeliveryStatus = Literal["sent", "deferred", "bounced"]
 
@@ -27,3 +28,24 @@ class DeliveryResult:
         wanted = {"sent": "2", "deferred": "4", "bounced": "5"}[self.status]
         if not self.dsn.startswith(wanted + "."):
             raise ValueError(f"dsn {self.dsn} does not fit status {self.status}")
+
+
+def lf_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Queue content (CRLF lines) as a local mailbox stores it: CRLF -> LF across chunk
+    boundaries, and a final newline guaranteed."""
+    carry = b""
+    last = b"\n"
+    for chunk in chunks:
+        data = carry + chunk
+        carry = b""
+        if data.endswith(b"\r"):
+            data, carry = data[:-1], b"\r"
+        data = data.replace(b"\r\n", b"\n")
+        if data:
+            last = data[-1:]
+            yield data
+    if carry:
+        yield carry
+        last = carry
+    if last != b"\n":
+        yield b"\n"

@@ -26,6 +26,7 @@ from postwall.config.params import Params
 from postwall.config.tables import Table, lookup_maps, open_maps
 from postwall.delivery import DeliveryResult, discard
 from postwall.delivery.local import LocalDeliveryNotSupported, deliver_local, resolve_mailbox
+from postwall.delivery.mbox import MboxSettings
 from postwall.queue.store import QueuedMessage
 from postwall.resolve import AddressClass, AddressResolver, Destination
 
@@ -64,6 +65,7 @@ def maildir_name(msg: QueuedMessage, index: int, target: str = "") -> str:
 class LocalAgent:
     def __init__(self, params: Params, resolver: AddressResolver) -> None:
         self._params = params
+        self._mbox = MboxSettings.from_params(params)
         self._resolver = resolver
         self._aliases: list[Table] = open_maps(
             params.alias_maps, Path(params.config_directory), aliases=True
@@ -117,7 +119,8 @@ class LocalAgent:
                 return DeliveryResult("deferred", "4.3.0", str(exc))
             if isinstance(found, DeliveryResult):
                 return found
-        return DeliveryResult("sent", "2.0.0", "delivers to maildir")
+        kind = "mailbox" if found.mbox else "maildir"  # type: ignore[possibly-undefined]
+        return DeliveryResult("sent", "2.0.0", f"delivers to {kind}")
 
     def _deliver_one(
         self, msg: QueuedMessage, index: int, user: str, address: str, original: str, many: bool
@@ -132,6 +135,7 @@ class LocalAgent:
                 recipient_delimiter=p.recipient_delimiter,
                 original=original or address,
                 stable_name=maildir_name(msg, index, user if many else ""),
+                mbox=self._mbox,
             )
         except LocalDeliveryNotSupported as exc:
             return DeliveryResult("deferred", "4.3.0", str(exc))

@@ -19,10 +19,11 @@ failed: ...`. Success is `sent 2.0.0 delivered to maildir`; an unknown user is
 
 `deliver_local` maps a recipient to a maildir like Postfix: the local part is
 unquoted, lowercased and stripped of a `recipient_delimiter` extension;
-`home_mailbox` ending in `/` means `~user/<home_mailbox>`, else
-`mail_spool_directory` ending in `/` means `<spool>/<user>/`. Mailbox (mbox)
-file delivery raises `LocalDeliveryNotSupported`; aliases(5) and .forward are
-not consulted. Running as root, the delivery is done by a forked child that
+`home_mailbox` ending in `/` means the Maildir `~user/<home_mailbox>`, without the
+slash the mailbox file `~user/<home_mailbox>`; with home_mailbox empty,
+`mail_spool_directory` ending in `/` means the Maildir `<spool>/<user>/`, else the
+mailbox file `<spool>/<user>` (Debian's /var/mail), written by delivery/mbox.py.
+.forward files are not consulted. Running as root, the delivery is done by a forked child that
 switched to the user's uid/gid (Postfix uses set_eugid; a threaded process
 cannot), so files and quota belong to the user; otherwise we deliver as
 ourselves.
@@ -70,14 +71,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from postwall import fsutil
 from postwall.config import load as load_config
-from postwall.delivery import DeliveryResult
+from postwall.delivery import DeliveryResult, lf_lines
+from postwall.delivery.mbox import MboxSettings, deliver_mbox, mbox_dsn, spool_identity
 
 __all__ = [
     "LocalDeliveryNotSupported",
@@ -114,12 +116,15 @@ class MessageSource(Protocol):
 
 @dataclass(frozen=True)
 class Mailbox:
-    """Where and as whom to deliver."""
+    """Where and as whom to deliver: a Maildir, or a mailbox file (`mbox`), which in
+    the mail spool (`spool`) may be created with the spool's group or by root."""
 
     user: str
-    maildir: Path
+    path: Path
     uid: int
     gid: int
+    mbox: bool = False
+    spool: str | None = None
 
 
 def _hostname() -> str:
@@ -127,40 +132,10 @@ def _hostname() -> str:
     return socket.gethostname().replace("/", "\\057").replace(":", "\\072")
 
 
-def _mbox_dsn(err: int, default: str) -> str:
-    if err in (errno.EAGAIN, errno.ESTALE):
-        return "4.2.0"
-    if err == errno.ENOSPC:
-        return "4.3.0"
-    if err in (errno.EDQUOT, errno.EFBIG):
-        return "5.2.2"
-    return default
-
-
 def _failed(exc: OSError, default_dsn: str, what: str) -> DeliveryResult:
-    dsn = _mbox_dsn(exc.errno or 0, default_dsn)
+    dsn = mbox_dsn(exc.errno or 0, default_dsn)
     text = f"maildir delivery failed: {what}: {exc.strerror or exc}"
     return DeliveryResult("deferred" if dsn.startswith("4") else "bounced", dsn, text)
-
-
-def _lf_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    """CRLF -> LF across chunk boundaries; guarantees a final newline."""
-    carry = b""
-    last = b"\n"
-    for chunk in chunks:
-        data = carry + chunk
-        carry = b""
-        if data.endswith(b"\r"):
-            data, carry = data[:-1], b"\r"
-        data = data.replace(b"\r\n", b"\n")
-        if data:
-            last = data[-1:]
-            yield data
-    if carry:
-        yield carry
-        last = carry
-    if last != b"\n":
-        yield b"\n"
 
 
 def deliver(
@@ -199,7 +174,7 @@ def deliver(
     try:
         try:
             fsutil.write_all(fd, head.encode("utf-8", "surrogateescape"))
-            for piece in _lf_lines(message.iter_content()):
+            for piece in lf_lines(message.iter_content()):
                 fsutil.write_all(fd, piece)
             os.fsync(fd)
             st = os.fstat(fd)
@@ -263,19 +238,15 @@ def resolve_mailbox(
         pw = pwd.getpwnam(user)
     except KeyError:
         return DeliveryResult("bounced", "5.1.1", f'unknown user: "{user}"')
-    if home_mailbox:
-        if not home_mailbox.endswith("/"):
-            raise LocalDeliveryNotSupported(
-                f"home_mailbox = {home_mailbox}: mbox file delivery is not supported, "
-                "only Maildir (a value ending in /)"
-            )
-        return Mailbox(user, Path(pw.pw_dir) / home_mailbox, pw.pw_uid, pw.pw_gid)
-    if not mail_spool_directory.endswith("/"):
-        raise LocalDeliveryNotSupported(
-            f"mail_spool_directory = {mail_spool_directory}: mbox spool delivery is not "
-            "supported, only Maildir (a value ending in /)"
-        )
-    return Mailbox(user, Path(mail_spool_directory) / user, pw.pw_uid, pw.pw_gid)
+    if home_mailbox:  # a trailing slash means Maildir, else a mailbox file
+        path = Path(pw.pw_dir) / home_mailbox
+        return Mailbox(user, path, pw.pw_uid, pw.pw_gid, mbox=not home_mailbox.endswith("/"))
+    if not mail_spool_directory:
+        raise LocalDeliveryNotSupported("home_mailbox and mail_spool_directory are both empty")
+    path = Path(mail_spool_directory) / user
+    if mail_spool_directory.endswith("/"):
+        return Mailbox(user, path, pw.pw_uid, pw.pw_gid)
+    return Mailbox(user, path, pw.pw_uid, pw.pw_gid, mbox=True, spool=mail_spool_directory)
 
 
 def deliver_local(
@@ -287,6 +258,7 @@ def deliver_local(
     recipient_delimiter: str = "",
     original: str = "",
     stable_name: str | None = None,
+    mbox: MboxSettings | None = None,
 ) -> DeliveryResult:
     """Resolve `recipient` and deliver it, as the user when we are root."""
     target = resolve_mailbox(
@@ -300,10 +272,64 @@ def deliver_local(
     if _helper is not None and os.geteuid() != 0:
         return _helper.deliver(message, recipient, original, stable_name)
     if os.geteuid() != 0 or target.uid == 0:
-        return deliver(
-            message, recipient, maildir=target.maildir, original=original, stable_name=stable_name
+        return _deliver_to(target, message, recipient, original, stable_name, mbox)
+    return _deliver_as(target, message, recipient, original, stable_name, mbox)
+
+
+def _deliver_to(
+    target: Mailbox,
+    message: MessageSource,
+    recipient: str,
+    original: str,
+    stable_name: str | None,
+    settings: MboxSettings | None,
+    ids: Callable[[str], None] | None = None,
+) -> DeliveryResult:
+    if target.mbox:
+        return deliver_mbox(
+            message.iter_content(),
+            path=target.path,
+            user=target.user,
+            uid=target.uid,
+            gid=target.gid,
+            sender=message.envelope.sender,
+            recipient=recipient,
+            original=original,
+            settings=settings,
+            ids=ids,
         )
-    return _deliver_as(target, message, recipient, original, stable_name)
+    return deliver(
+        message, recipient, maildir=target.path, original=original, stable_name=stable_name
+    )
+
+
+def _deliver_as_user(
+    target: Mailbox,
+    message: MessageSource,
+    recipient: str,
+    original: str,
+    stable_name: str | None,
+    settings: MboxSettings | None,
+) -> DeliveryResult:
+    """In a child of a root process: become the recipient (for good for a Maildir; for a
+    mailbox file, the spool identity creates and locks it and the recipient writes, as
+    Postfix's set_eugid() switches), then deliver."""
+    os.umask(0o077)
+    if not target.mbox:
+        os.setgroups([target.gid])
+        os.setgid(target.gid)
+        os.setuid(target.uid)
+        return _deliver_to(target, message, recipient, original, stable_name, settings)
+    spool_uid, spool_gid = spool_identity(target.spool, target.uid, target.gid)
+
+    def switch(who: str) -> None:
+        uid, gid = (spool_uid, spool_gid) if who == "spool" else (target.uid, target.gid)
+        os.seteuid(0)
+        os.setgroups([gid])
+        os.setegid(gid)
+        os.seteuid(uid)
+
+    return _deliver_to(target, message, recipient, original, stable_name, settings, switch)
 
 
 def _deliver_as(
@@ -312,25 +338,16 @@ def _deliver_as(
     recipient: str,
     original: str,
     stable_name: str | None,
+    settings: MboxSettings | None,
 ) -> DeliveryResult:
-    """Fork, drop to the user's ids, deliver, report the result through a pipe."""
+    """Fork, become the user, deliver, report the result through a pipe."""
     rfd, wfd = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: only os-level work, then _exit without cleanup handlers
         code = 1
         try:
             os.close(rfd)
-            os.setgroups([target.gid])
-            os.setgid(target.gid)
-            os.setuid(target.uid)
-            os.umask(0o077)
-            r = deliver(
-                message,
-                recipient,
-                maildir=target.maildir,
-                original=original,
-                stable_name=stable_name,
-            )
+            r = _deliver_as_user(target, message, recipient, original, stable_name, settings)
             fsutil.write_all(wfd, f"{r.status}\0{r.dsn}\0{r.text}".encode("utf-8", "replace"))
             code = 0
         finally:
@@ -374,12 +391,21 @@ class DeliveryHelper:
         mail_spool_directory: str,
         recipient_delimiter: str,
         config_dir: str = "",
+        mbox: MboxSettings | None = None,
     ) -> DeliveryHelper:
         """Start the helper (we must still be root) and route deliver_local() through it;
         `config_dir` is where it finds the TLS files it may read for us."""
         global _helper
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        settings = json.dumps([home_mailbox, mail_spool_directory, recipient_delimiter, config_dir])
+        settings = json.dumps(
+            [
+                home_mailbox,
+                mail_spool_directory,
+                recipient_delimiter,
+                config_dir,
+                (mbox or MboxSettings()).as_list(),
+            ]
+        )
         proc = subprocess.Popen(
             [
                 sys.executable,
@@ -520,7 +546,8 @@ def helper_main() -> None:
     """The root helper's loop: one forked child per delivery request, until the
     unprivileged side closes the control socket (it stopped, or died)."""
     control = socket.socket(fileno=int(sys.argv[1]))
-    home_mailbox, spool, delimiter, config_dir = json.loads(sys.argv[2])
+    home_mailbox, spool, delimiter, config_dir, mbox = json.loads(sys.argv[2])
+    mbox_settings = MboxSettings.from_list(mbox)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children reap themselves
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the server, which stops us
     while True:
@@ -540,7 +567,8 @@ def helper_main() -> None:
             code = 1
             try:
                 control.close()
-                _serve_one(socket.socket(fileno=fds[0]), home_mailbox, spool, delimiter)
+                sock = socket.socket(fileno=fds[0])
+                _serve_one(sock, home_mailbox, spool, delimiter, mbox_settings)
                 code = 0
             finally:
                 os._exit(code)
@@ -590,7 +618,9 @@ def _serve_open(sock: socket.socket, config_dir: str, *, log: bool) -> None:
         os.close(fd)
 
 
-def _serve_one(sock: socket.socket, home_mailbox: str, spool: str, delimiter: str) -> None:
+def _serve_one(
+    sock: socket.socket, home_mailbox: str, spool: str, delimiter: str, mbox: MboxSettings
+) -> None:
     (size,) = struct.unpack("!I", _recv_exact(sock, 4))
     if size > _HEADER_MAX:
         return
@@ -610,21 +640,14 @@ def _serve_one(sock: socket.socket, home_mailbox: str, spool: str, delimiter: st
         )
     except LocalDeliveryNotSupported as exc:
         target = DeliveryResult("deferred", "4.3.0", str(exc))
+    message = _StreamedMessage(sock, str(req["sender"]))
     if isinstance(target, DeliveryResult):
         result = target
-    else:
-        if target.uid != 0:  # root's own mail is written as root, as before the drop
-            os.setgroups([target.gid])
-            os.setgid(target.gid)
-            os.setuid(target.uid)
+    elif target.uid == 0:  # root's own mail is written as root, as before the drop
         os.umask(0o077)
-        result = deliver(
-            _StreamedMessage(sock, str(req["sender"])),
-            recipient,
-            maildir=target.maildir,
-            original=original,
-            stable_name=stable,
-        )
+        result = _deliver_to(target, message, recipient, original, stable, mbox)
+    else:
+        result = _deliver_as_user(target, message, recipient, original, stable, mbox)
     fsutil.write_all(
         sock.fileno(), f"{result.status}\0{result.dsn}\0{result.text}".encode("utf-8", "replace")
     )
