@@ -119,3 +119,99 @@ def test_sigkill_never_loses_or_exposes_partial_files(tmp_path: Path) -> None:
         print(f"{len(printed)} reported, {len(incoming)} queued, {len(leftovers)} tmp leftovers")
     finally:
         store.close()
+
+
+RECYCLING_CHILD = textwrap.dedent(
+    """
+    import asyncio, sys, time
+    from pathlib import Path
+    from postwall.queue import Envelope, QueueStore, Recipient
+
+    def content(rnd, seq):
+        line = f"round {rnd} message {seq} ".encode() * 40 + b"\\r\\n"
+        return b"Subject: crash test\\r\\n\\r\\n" + line * (1 + (seq * 7) % 50)
+
+    async def worker(store, rnd, start, step):
+        seq, mine = start, []
+        while True:
+            env = Envelope(sender=f"s{seq}@example.org",
+                           recipients=[Recipient(f"r{seq}@example.com")],
+                           arrival_time=time.time())
+            qid = await store.commit(env, content(rnd, seq))
+            sys.stdout.write(f"C {qid} {seq}\\n")
+            sys.stdout.flush()
+            mine.append(qid)
+            if len(mine) > 2:  # finish an older one: its file becomes the next spare
+                old = mine.pop(0)
+                await asyncio.to_thread(store.remove_sync, old, None, False)
+                sys.stdout.write(f"R {old}\\n")
+                sys.stdout.flush()
+            seq += step
+
+    async def main():
+        store = QueueStore(Path(sys.argv[1]))
+        rnd = int(sys.argv[2])
+        await asyncio.gather(*(worker(store, rnd, i, 8) for i in range(8)))
+
+    asyncio.run(main())
+    """
+)
+
+
+def recycled_content(rnd: int, seq: int) -> bytes:
+    line = f"round {rnd} message {seq} ".encode() * 40 + b"\r\n"
+    return b"Subject: crash test\r\n\r\n" + line * (1 + (seq * 7) % 50)
+
+
+@pytest.mark.slow
+def test_sigkill_while_files_are_recycled_never_shows_stale_bytes(tmp_path: Path) -> None:
+    """Finished files are renamed into tmp/ and overwritten by later commits (shorter or
+    longer than what they held): whatever the kill interrupts, every file in incoming/ is
+    exactly one message, never a mix with its predecessor's bytes."""
+    qdir = tmp_path / "queue"
+    rng = random.Random(os.getpid() ^ int(time.time()))
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+    live: dict[str, tuple[int, int]] = {}
+    uncertain: set[str] = set()  # being removed when the kill came: gone or not
+    removed = 0
+    for rnd in range(5):
+        child = subprocess.Popen(
+            [sys.executable, "-c", RECYCLING_CHILD, str(qdir), str(rnd)],
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        assert child.stdout is not None
+        first = child.stdout.readline()
+        assert first, "child produced no queue id"
+        time.sleep(rng.uniform(0.2, 1.0))
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        out = first + child.stdout.read()
+        child.stdout.close()
+        for line in out.decode().splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[0] == "C":
+                assert parts[1] not in live, f"queue id {parts[1]} given to two live files"
+                live[parts[1]] = (rnd, int(parts[2]))
+            elif len(parts) == 2 and parts[0] == "R":
+                live.pop(parts[1], None)
+                removed += 1
+        # A worker keeps its last two; with three, the oldest was being removed.
+        for worker in range(8):
+            mine = [q for q, (r, seq) in live.items() if r == rnd and seq % 8 == worker]
+            if len(mine) >= 3:
+                uncertain.add(mine[0])
+    assert removed > 20, "nothing was recycled"
+    store = QueueStore(qdir)
+    try:
+        incoming = store.scan_sync("incoming")
+        assert set(live) - set(incoming) <= uncertain
+        for qid in incoming:
+            with store.load_sync(qid) as msg:  # CorruptQueueFile would fail the test
+                content = msg.read_content()
+            seq = int(msg.envelope.sender[1:].split("@")[0])
+            rnd_at = live[qid][0] if qid in live else int(content.split(b"round ")[1].split()[0])
+            assert content == recycled_content(rnd_at, seq), qid
+            assert msg.envelope.size == len(content)
+    finally:
+        store.close()
