@@ -225,3 +225,31 @@ def test_relative_name_and_result_substitution(tmp_path: Path) -> None:
     table = open_table("regexp:sender_access", tmp_path)
     assert table.lookup("joe@example.net") == "550 5.7.1 joe at example.net refused, $5 fee"
     assert table.lookup("joe@example.org") is None
+
+
+def test_a_pathological_pattern_cannot_stall_the_server(tmp_path: Path) -> None:
+    """One process serves every session: a header_checks pattern that backtracks
+    exponentially on a crafted header must not freeze them.  `^(\\w+\\s?)*$` takes
+    Python's re about 20 s on 29 characters; the `regex` engine answers at once, and a
+    match that still runs long is cut at MATCH_TIMEOUT and counts as no match, as
+    Postfix treats PCRE's match limit."""
+    import time
+
+    from postwall.config import regexp
+
+    path = tmp_path / "checks"
+    path.write_text(
+        "/^Subject: (\\w+\\s?)*$/ REJECT slow one\n"
+        "/^X-Spam: (a|aa)+$/ REJECT slower one\n"
+        "/^X-Spam: / WARN reached\n"
+    )
+    table = open_table(f"pcre:{path}")
+    started = time.monotonic()
+    assert table.lookup("Subject: " + "a" * 29 + "!") is None
+    assert time.monotonic() - started < 1
+    started = time.monotonic()
+    assert table.lookup("X-Spam: " + "a" * 60 + "!") == "WARN reached"
+    assert time.monotonic() - started < 10 * regexp.MATCH_TIMEOUT
+    assert [e.split(": ", 1)[1] for e in table.rules.match_errors] == [  # type: ignore[attr-defined]
+        "matching error: time limit exceeded"
+    ]

@@ -105,6 +105,7 @@ class PatternTable(Table):
 
     def __init__(self, ref: str, rules: Rules) -> None:
         super().__init__(ref)
+        self.rules = rules
         self.warnings = rules.warnings
         self.lookup = rules.lookup  # type: ignore[method-assign]
         self.results = rules.results  # type: ignore[method-assign]
