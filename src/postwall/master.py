@@ -104,7 +104,8 @@ def build_smtpd_services(
             tls = _server_tls(params)
             resolver = AddressResolver.from_params(params)
             networks = Networks(params.mynetworks)
-            restrictions = Restrictions(params, resolver, networks)
+            classes = config.restriction_classes(svc)
+            restrictions = Restrictions(params, resolver, networks, classes=classes)
             sasl = SaslServer(params) if params.smtpd_sasl_auth_enable else None
             limits = ClientLimits(svc.name, params, anvil)
         except (TLSConfigError, NotSupported, ValueError, OSError) as exc:

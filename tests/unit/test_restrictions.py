@@ -25,7 +25,12 @@ from postwall.smtpd.restrictions import (
 )
 
 
-def make(tmp_path: Path, maps: dict[str, str] | None = None, **kw: object) -> Restrictions:
+def make(
+    tmp_path: Path,
+    maps: dict[str, str] | None = None,
+    classes: dict[str, str] | None = None,
+    **kw: object,
+) -> Restrictions:
     for name, text in (maps or {}).items():
         (tmp_path / name).write_text(text)
     values: dict[str, object] = {
@@ -43,8 +48,11 @@ def make(tmp_path: Path, maps: dict[str, str] | None = None, **kw: object) -> Re
             if isinstance(value, str) and key.endswith(("restrictions", "maps", "clientcerts"))
             else value
         )
+    if classes:
+        values["smtpd_restriction_classes"] = tuple(classes)
     params = dataclasses.replace(Params(), **values)  # type: ignore[arg-type]
-    return Restrictions(params, AddressResolver.from_params(params), Networks(params.mynetworks))
+    resolver = AddressResolver.from_params(params)
+    return Restrictions(params, resolver, Networks(params.mynetworks), classes=classes)
 
 
 def outside(**kw: object) -> ClientState:
@@ -87,7 +95,6 @@ def test_open_relay_configurations_refuse_to_start(tmp_path: Path) -> None:
         {"smtpd_recipient_restrictions": "reject_unverified_recipient, reject"},
         {"smtpd_helo_restrictions": "check_helo_access cidr:/x"},
         {"smtpd_end_of_data_restrictions": "reject"},
-        {"smtpd_restriction_classes": "special"},
     ],
 )
 def test_unknown_restrictions_stop_start_up(tmp_path: Path, setting: dict[str, str]) -> None:
@@ -383,4 +390,43 @@ def test_regexp_access_tables_see_the_whole_address_only(tmp_path: Path) -> None
             tmp_path,
             {"held": "/^x@/ DISCARD\n"},
             smtpd_sender_restrictions="check_sender_access pcre:held",
+        )
+
+
+def test_restriction_classes_in_lists_and_as_access_results(tmp_path: Path) -> None:
+    """RESTRICTION_CLASS_README's shape: a table names a class per recipient."""
+    r = make(
+        tmp_path,
+        {
+            "rcpts": "protected@mx.example.com restrictive\nopen@mx.example.com permissive\n",
+            "senders": "boss@example.org OK\n",
+        },
+        classes={
+            "restrictive": "check_sender_access texthash:senders, reject",
+            "permissive": "permit",
+            "insiders": "permit_mynetworks",
+        },
+        smtpd_recipient_restrictions="check_recipient_access texthash:rcpts, insiders, "
+        "reject_unauth_destination",
+    )
+    assert text(rcpt(r, outside(), "protected@mx.example.com")) == (
+        "554 5.7.1 <protected@mx.example.com>: Recipient address rejected: Access denied"
+    )
+    assert rcpt(r, outside(sender="boss@example.org"), "protected@mx.example.com").reply is None
+    assert rcpt(r, outside(), "open@mx.example.com").reply is None
+    # A class used directly: insiders permits mynetworks clients to relay.
+    inside = ClientState(name="lan.example.org", addr="192.0.2.9", helo="lan.example.org")
+    inside.sender = "alice@example.org"
+    assert rcpt(r, inside, "someone@elsewhere.example").reply is None
+    assert text(rcpt(r, outside(), "someone@elsewhere.example")).startswith("454 4.7.1")
+
+
+def test_restriction_class_errors_stop_start_up(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="restriction class `missing' needs a definition"):
+        make(tmp_path, classes={"missing": ""}, smtpd_recipient_restrictions="missing, reject")
+    with pytest.raises(ValueError, match="refers to itself"):
+        make(
+            tmp_path,
+            classes={"a": "b", "b": "permit_mynetworks, a"},
+            smtpd_recipient_restrictions="a, reject_unauth_destination",
         )

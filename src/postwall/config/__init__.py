@@ -32,7 +32,7 @@ from .maincf import (
 )
 from .mastercf import Service, parse_master_cf
 from .network import NetworkError, Networks
-from .params import Params
+from .params import Params, split_list
 from .postfix_names import is_postfix_parameter
 
 __all__ = ["Config", "ConfigError", "Params", "Service", "Setting", "default_params", "load"]
@@ -67,6 +67,20 @@ class Config:
         """Expand `text` against main.cf, as `postconf -x` does."""
         return Expander(make_lookup(self.settings, runtime), DERIVED).expand(text)
 
+    def restriction_classes(self, svc: Service | None = None) -> dict[str, str]:
+        """smtpd_restriction_classes: each class name with its definition, a main.cf (or
+        the service's -o) parameter of that name, expanded; "" when it has none."""
+        params = svc.params if svc is not None else self.params
+        overrides = {o.name: o.value for o in svc.overrides} if svc is not None else {}
+        out: dict[str, str] = {}
+        for name in params.smtpd_restriction_classes:
+            raw = overrides.get(name)
+            if raw is None:
+                setting = self.settings.get(name)
+                raw = setting.value if setting is not None else ""
+            out[name] = self.expand(raw)
+        return out
+
     def service(self, name: str, type_: str = "inet") -> Service | None:
         return next((s for s in self.services if s.name == name and s.type == type_), None)
 
@@ -75,9 +89,13 @@ def _used_names(settings: Iterable[Setting], services: Iterable[Service]) -> set
     used: set[str] = set(_RUNTIME_NAMES)
     for s in settings:
         used |= references(s.value)
+        if s.name == "smtpd_restriction_classes":  # each class is a parameter of its own
+            used.update(split_list(s.value))
     for svc in services:
         for o in svc.overrides:
             used |= references(o.value)
+            if o.name == "smtpd_restriction_classes":
+                used.update(split_list(o.value))
     return used
 
 

@@ -35,7 +35,7 @@ import asyncio
 import ipaddress
 import re
 import socket
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -181,7 +181,10 @@ class Restrictions:
         *,
         dns_resolver: dns.asyncresolver.Resolver | None = None,
         dns_timeout: float = _DNS_TIMEOUT,
+        classes: Mapping[str, str] | None = None,
     ) -> None:
+        """`classes`: smtpd_restriction_classes, each name with its definition (a main.cf
+        parameter of that name; `Config.restriction_classes` gives them)."""
         self.p = params
         self._resolver = resolver
         self._networks = networks
@@ -208,8 +211,19 @@ class Restrictions:
         except ValueError as err:
             raise ValueError(f"permit_mx_backup_networks: {err}") from None
         self._own_addresses: dict[str, bool] = {}
-        if params.smtpd_restriction_classes:
-            raise NotSupported("smtpd_restriction_classes: restriction classes are not supported")
+        # Restriction classes (Postfix's RESTRICTION_CLASS_README): a name standing for a
+        # list, usable in any list and as an access table's result.
+        given = {k.lower(): v for k, v in (classes or {}).items()}
+        self._class_defs: dict[str, list[str]] = {}
+        for name in params.smtpd_restriction_classes:
+            value = given.get(name.lower(), "")
+            if not split_list(value):  # smtpd_check.c: a fatal error at start-up
+                raise ValueError(f"restriction class `{name}' needs a definition")
+            self._class_defs[name.lower()] = split_list(value)
+        self._classes: dict[str, list[_Item]] = {}
+        self._compiling: set[str] = set()
+        for name in self._class_defs:
+            self._class_items(name)
         if params.smtpd_end_of_data_restrictions:
             raise NotSupported("smtpd_end_of_data_restrictions: not supported by postwall yet")
         self.client = self._compile("smtpd_client_restrictions", "check_client_access")
@@ -305,6 +319,11 @@ class Restrictions:
                 out.append(_Item(low, dnsbl.DOMAIN_CHECKS[low](self, names[i + 1])))
                 i += 2
                 continue
+            if low in self._class_defs:
+                items = self._class_items(low)
+                out.append(_Item(low, lambda ctx, n, c, items=items: self._run(ctx, items, n, c)))
+                i += 1
+                continue
             factory = _CHECKS.get(low)
             if factory is None:
                 raise NotSupported(f"{param}: restriction {name!r} is not supported by postwall")
@@ -313,6 +332,22 @@ class Restrictions:
             out.append(_Item(low, factory(self)))
             i += 1
         return out
+
+    def _class_items(self, name: str) -> list[_Item]:
+        """A restriction class compiled once (a list object filled in place, so a class
+        can name one defined later); one that names itself, directly or not, is refused."""
+        if name in self._classes:
+            if name in self._compiling:
+                raise ValueError(f"restriction class `{name}' refers to itself")
+            return self._classes[name]
+        items: list[_Item] = []
+        self._classes[name] = items
+        self._compiling.add(name)
+        try:
+            items.extend(self._compile(name, None, self._class_defs[name]))
+        finally:
+            self._compiling.discard(name)
+        return items
 
     @property
     def uses_policy(self) -> bool:

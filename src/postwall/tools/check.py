@@ -119,7 +119,12 @@ def _check_service(config: Config, svc: Service, errors: list[str], warnings: li
             _check_cert(config, svc, errors, warnings)
     try:
         resolver = AddressResolver.from_params(params)
-        restrictions = Restrictions(params, resolver, Networks(params.mynetworks))
+        restrictions = Restrictions(
+            params,
+            resolver,
+            Networks(params.mynetworks),
+            classes=config.restriction_classes(svc),
+        )
         warnings.extend(restrictions.warnings)  # e.g. a skipped regexp: rule
         if params.smtpd_sasl_auth_enable:
             SaslServer(params)
