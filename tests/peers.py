@@ -695,6 +695,20 @@ def list_instances() -> list[str]:
 def sweep_stale_instances() -> list[str]:
     """Destroy test instances whose creating process is gone (a killed earlier run)."""
     removed = []
+    # A test instance whose directory is gone (a run killed mid-destroy) makes every
+    # postmulti command fail, `postmulti -l` included: unregister it first.
+    with _postmulti_lock():
+        out = _run(["postconf", "-h", "multi_instance_directories"], check=False)
+        dirs = [d for d in re.split(r"[\s,]+", out.strip()) if d]
+        gone = [
+            d
+            for d in dirs
+            if _INSTANCE_RE.match(Path(d).name) and not (Path(d) / "main.cf").exists()
+        ]
+        if gone:
+            keep = " ".join(d for d in dirs if d not in gone)
+            _run(["postconf", "-e", f"multi_instance_directories={keep}"])
+            removed += [Path(d).name for d in gone]
     for name in list_instances():
         m = _INSTANCE_RE.match(name)
         if m and not pid_alive(int(m.group(1))):
