@@ -5,9 +5,11 @@ qmgr, which calls `agent(message, recipient_index, destination)`.
 
 The local agent follows Postfix's local(8) for what postwall supports: alias_maps
 first (the local part with its extension, then without), recursively, with loop
-protection; each alias target that is a local user gets a Maildir copy; targets
-postwall cannot deliver yet (files, commands, :include:, remote addresses) defer
-with a "not supported" reason, so nothing is lost and the log says why.  The Maildir
+protection; each alias target that is a local user gets a Maildir copy (or goes to
+mailbox_command), a `|command` target runs through delivery/command.py with the alias
+table owner's rights (allow_mail_to_commands must name `alias`); targets postwall
+cannot deliver yet (files, :include:, remote addresses) defer with a "not supported"
+reason, so nothing is lost and the log says why.  The Maildir
 file name is the same on every attempt for one message and recipient, so a retry
 after a crash, or after a partial alias delivery, never leaves a second copy.
 """
@@ -25,7 +27,13 @@ from pathlib import Path
 from postwall.config.params import Params
 from postwall.config.tables import Table, lookup_maps, open_maps
 from postwall.delivery import DeliveryResult, discard
-from postwall.delivery.local import LocalDeliveryNotSupported, deliver_local, resolve_mailbox
+from postwall.delivery.command import CommandSettings, alias_items
+from postwall.delivery.local import (
+    LocalDeliveryNotSupported,
+    deliver_alias_command,
+    deliver_local,
+    resolve_mailbox,
+)
 from postwall.delivery.mbox import MboxSettings
 from postwall.queue.store import QueuedMessage
 from postwall.resolve import AddressClass, AddressResolver, Destination
@@ -62,10 +70,21 @@ def maildir_name(msg: QueuedMessage, index: int, target: str = "") -> str:
     return f"{arrival_us // 1_000_000}.Q{env.queue_id}{tag}M{arrival_us % 1_000_000}.{_HOST}"
 
 
+@dataclass(frozen=True, slots=True)
+class AliasCommand:
+    """A `|command` alias target: the alias_maps key that lists it, the command (without
+    the `|`) and the address being expanded (RECIPIENT and Delivered-To)."""
+
+    key: str
+    command: str
+    address: str
+
+
 class LocalAgent:
     def __init__(self, params: Params, resolver: AddressResolver) -> None:
         self._params = params
         self._mbox = MboxSettings.from_params(params)
+        self._commands = CommandSettings.from_params(params)
         self._resolver = resolver
         self._aliases: list[Table] = open_maps(
             params.alias_maps, Path(params.config_directory), aliases=True
@@ -91,8 +110,10 @@ class LocalAgent:
         if problem is not None:
             return problem
         results = [
-            self._deliver_one(msg, index, user, address, original, len(targets) > 1)
-            for user in targets
+            self._command(msg, t, original or address)
+            if isinstance(t, AliasCommand)
+            else self._deliver_one(msg, index, t, address, original, len(targets) > 1)
+            for t in targets
         ]
         for status in ("deferred", "bounced"):
             for r in results:
@@ -107,7 +128,10 @@ class LocalAgent:
         if problem is not None:
             return problem
         p = self._params
+        found: object = None
         for user in targets:
+            if isinstance(user, AliasCommand):
+                continue
             try:
                 found = resolve_mailbox(
                     user,
@@ -119,8 +143,29 @@ class LocalAgent:
                 return DeliveryResult("deferred", "4.3.0", str(exc))
             if isinstance(found, DeliveryResult):
                 return found
-        kind = "mailbox" if found.mbox else "maildir"  # type: ignore[possibly-undefined]
+        if p.mailbox_command and found is not None:
+            return DeliveryResult("sent", "2.0.0", f"delivers to command: {p.mailbox_command}")
+        if found is None:  # only commands
+            cmd = next(t for t in targets if isinstance(t, AliasCommand)).command
+            return DeliveryResult("sent", "2.0.0", f"delivers to command: {cmd}")
+        kind = "mailbox" if found.mbox else "maildir"  # type: ignore[attr-defined]
         return DeliveryResult("sent", "2.0.0", f"delivers to {kind}")
+
+    def _command(self, msg: QueuedMessage, target: AliasCommand, original: str) -> DeliveryResult:
+        p = self._params
+        try:
+            return deliver_alias_command(
+                msg,
+                alias_maps=p.alias_maps,
+                config_directory=p.config_directory,
+                key=target.key,
+                command=target.command,
+                address=target.address,
+                original=original,
+                settings=self._commands,
+            )
+        except (LocalDeliveryNotSupported, OSError, ValueError) as exc:
+            return DeliveryResult("deferred", "4.3.0", f"alias {target.key}: {exc}")
 
     def _deliver_one(
         self, msg: QueuedMessage, index: int, user: str, address: str, original: str, many: bool
@@ -136,13 +181,16 @@ class LocalAgent:
                 original=original or address,
                 stable_name=maildir_name(msg, index, user if many else ""),
                 mbox=self._mbox,
+                mailbox_command=p.mailbox_command,
+                commands=self._commands,
             )
         except LocalDeliveryNotSupported as exc:
             return DeliveryResult("deferred", "4.3.0", str(exc))
 
-    def _expand(self, address: str) -> tuple[list[str], DeliveryResult | None]:
-        """Local users an address resolves to through alias_maps; or why not."""
-        users: list[str] = []
+    def _expand(self, address: str) -> tuple[list[str | AliasCommand], DeliveryResult | None]:
+        """Local users and alias commands an address resolves to through alias_maps; or
+        why not.  A command listed twice for one recipient runs once (local(8))."""
+        users: list[str | AliasCommand] = []
         seen: set[str] = set()
 
         def walk(addr: str, depth: int) -> DeliveryResult | None:
@@ -151,18 +199,26 @@ class LocalAgent:
             if depth > _MAX_ALIAS_DEPTH:
                 return DeliveryResult("bounced", "5.4.6", f"alias expansion loop for {addr}")
             value = None
+            key = local
             if local not in seen:
                 value = lookup_maps(self._aliases, full) if full != local else None
-                if value is None:
+                if value is not None:
+                    key = full
+                else:
                     value = lookup_maps(self._aliases, local)
             seen.add(local)
             if value is None:
                 users.append(addr)
                 return None
-            for item in (t.strip() for t in value.split(",")):
-                if not item:
+            for item in alias_items(value):
+                if item.startswith("|"):
+                    if "alias" not in self._params.allow_mail_to_commands:
+                        return DeliveryResult("bounced", "5.7.1", "mail to command is restricted")
+                    cmd = AliasCommand(key, item[1:], addr)
+                    if cmd not in users:
+                        users.append(cmd)
                     continue
-                if item[0] in '|/"' or item.startswith(":include:"):
+                if item[0] in '/"' or item.startswith(":include:"):
                     return DeliveryResult(
                         "deferred", "4.3.0", f"alias {local}: {item}: not supported by postwall yet"
                     )
