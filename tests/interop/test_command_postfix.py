@@ -1,0 +1,150 @@
+"""Command delivery against a private Postfix 3.7 with the same main.cf settings and alias
+file: mailbox_command (with an extension, and for root) and `|command` aliases run a
+recording script; what each command saw (argv, uid and groups, working directory,
+environment, standard input) and the `status=` of each delivery must be the same, once
+the host-dependent parts are set aside (the From_ date, Received, queue directory,
+MAIL_CONFIG)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import smtplib
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import peers
+
+pytestmark = pytest.mark.interop
+
+MESSAGE = (
+    b"From: alice@example.org\r\nTo: someone@localhost\r\nSubject: command check\r\n"
+    b"Message-ID: <command-check@example.org>\r\nDate: Sat, 28 Nov 2026 10:00:00 +0000\r\n"
+    b"\r\nFrom the first line\r\nsecond\tline\r\n"
+)
+RECIPIENTS = [
+    "nobody+ext@localhost",  # mailbox_command, EXTENSION set
+    "root@localhost",  # mailbox_command for root: default_privs
+    "rec@localhost",  # |command alias
+    "ex67@localhost",
+    "ex75@localhost",
+    "ex1@localhost",
+    "exdsn@localhost",
+    "nx@localhost",
+]
+
+
+def _setup(work: Path) -> tuple[Path, Path]:
+    work.mkdir(parents=True)
+    work.chmod(0o777)
+    rec = work / "record.sh"
+    rec.write_text(
+        "#!/bin/sh\n"
+        f"out={work}/out.$RECIPIENT\n"
+        '{ echo "ARGV: $0 $*"; echo "ID: $(id)"; echo "PWD: $(pwd)"; env | sort;'
+        ' echo "--STDIN--"; cat; } > "$out" 2>&1\n'
+    )
+    rec.chmod(0o755)
+    aliases = work / "aliases"
+    aliases.write_text(
+        f'rec: "|{rec} aliasarg"\n'
+        "ex67: \"|/bin/sh -c 'echo some output; exit 67'\"\n"
+        "ex75: \"|/bin/sh -c 'exit 75'\"\n"
+        "ex1: \"|/bin/sh -c 'echo oops >&2; exit 1'\"\n"
+        "exdsn: \"|/bin/sh -c 'echo 4.7.1 go away; exit 1'\"\n"
+        'nx: "|/nonexistent/cmd"\n'
+    )
+    subprocess.run(["postalias", str(aliases)], check=True, timeout=30)
+    return rec, aliases
+
+
+def _params(rec: Path, aliases: Path) -> dict[str, str]:
+    return {
+        "mydestination": "localhost",
+        "alias_maps": f"hash:{aliases}",
+        "alias_database": f"hash:{aliases}",
+        "mailbox_command": f'{rec} -a "$EXTENSION"',
+        "recipient_delimiter": "+",
+        "home_mailbox": "",
+    }
+
+
+def _send(port: int) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+        s.ehlo("client.example")
+        for rcpt in RECIPIENTS:
+            s.sendmail("alice@example.org", [rcpt], MESSAGE)
+
+
+def _statuses(log: str) -> dict[str, tuple[str, str]]:
+    """recipient -> (dsn, status and reason) of its first delivery attempt."""
+    out: dict[str, tuple[str, str]] = {}
+    for m in re.finditer(r"to=<([^>]+)>, relay=local, .*?dsn=(\S+), status=(.*)$", log, re.M):
+        out.setdefault(m.group(1), (m.group(2), m.group(3)))
+    return out
+
+
+def _recorded(work: Path, queue: str, config: str) -> dict[str, list[str]]:
+    seen: dict[str, list[str]] = {}
+    for path in sorted(work.glob("out.*")):
+        lines = []
+        skipping = False
+        for line in path.read_text().split("\n"):
+            if line.startswith("Received:"):
+                skipping = True
+                continue
+            if skipping and line[:1] in (" ", "\t"):
+                continue
+            skipping = False
+            line = re.sub(r"^(From \S+  ).*", r"\1DATE", line)
+            line = line.replace(queue, "QUEUE").replace(config, "CONFIG")
+            lines.append(line)
+        seen[path.name] = lines
+        path.unlink()
+    return seen
+
+
+def test_command_delivery_matches_postfix(
+    postwall_factory: Callable[..., peers.PostwallServer],
+) -> None:
+    peers.require_root()
+    peers.require_tool("postmulti")
+    peers.require_tool("postalias")
+    work = peers.WORK_ROOT / f"cmd-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    rec, aliases = _setup(work)
+    try:
+        postfix = peers.PostfixInstance.create(
+            {**_params(rec, aliases), "command_time_limit": "20s"}, port=peers.free_port()
+        )
+        try:
+            postfix.start()
+            assert postfix.port is not None
+            _send(postfix.port)
+            for rcpt in RECIPIENTS:
+                postfix.wait_log(rf"to=<{re.escape(rcpt)}>, relay=local, .*status=")
+            theirs_log = _statuses(postfix.log_text())
+            theirs = _recorded(work, str(postfix.queue_dir), str(postfix.config_dir))
+        finally:
+            postfix.destroy()
+        queue = work / "pw-queue"
+        postwall = postwall_factory(params={**_params(rec, aliases), "queue_directory": str(queue)})
+        assert postwall.port is not None
+        _send(postwall.port)
+        for rcpt in RECIPIENTS:
+            postwall.wait_log(rf"to=<{re.escape(rcpt)}>, relay=local, .*status=")
+        ours_log = _statuses(postwall.log_text())
+        ours = _recorded(work, str(queue), str(postwall.config_dir))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    assert sorted(theirs) == [
+        "out.nobody+ext@localhost",
+        "out.rec@localhost",
+        "out.root@localhost",
+    ]
+    assert ours == theirs
+    assert ours_log == theirs_log
