@@ -742,6 +742,7 @@ def helper_main() -> None:
         if os.fork() == 0:
             code = 1
             try:
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # it waits for its commands
                 control.close()
                 sock = socket.socket(fileno=fds[0])
                 _serve_one(sock, home_mailbox, spool, delimiter, mbox_settings, commands)
