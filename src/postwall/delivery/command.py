@@ -44,6 +44,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from postwall.config.maincf import Expander, ExpandError
 from postwall.delivery import DeliveryResult, lf_lines
@@ -108,23 +109,21 @@ class CommandSettings:
     default_privs: str = "nobody"
 
     @classmethod
-    def from_params(cls, params: object) -> CommandSettings:
-        def get(name: str, default: object) -> object:
-            return getattr(params, name, default)
-
+    def from_params(cls, params: Any) -> CommandSettings:
+        """From a config.params.Params (or anything with those attributes)."""
         return cls(
-            shell=str(get("local_command_shell", "")),
-            time_limit=float(get("command_time_limit", 1000.0)),  # type: ignore[arg-type]
-            exec_directory=str(get("command_execution_directory", "")),
-            export_environment=tuple(get("export_environment", cls.export_environment)),  # type: ignore[call-overload]
-            import_environment=tuple(get("import_environment", cls.import_environment)),  # type: ignore[call-overload]
-            cmd_filter=str(get("command_expansion_filter", SAFE_CHARS)),
-            exec_filter=str(get("execution_directory_expansion_filter", SAFE_CHARS)),
-            recipient_delimiter=str(get("recipient_delimiter", "")),
-            queue_directory=str(get("queue_directory", cls.queue_directory)),
-            config_directory=str(get("config_directory", cls.config_directory)),
-            size_limit=int(get("mailbox_size_limit", cls.size_limit)),  # type: ignore[call-overload]
-            default_privs=str(get("default_privs", "nobody")),
+            shell=params.local_command_shell,
+            time_limit=float(params.command_time_limit),
+            exec_directory=params.command_execution_directory,
+            export_environment=tuple(params.export_environment),
+            import_environment=tuple(params.import_environment),
+            cmd_filter=params.command_expansion_filter,
+            exec_filter=params.execution_directory_expansion_filter,
+            recipient_delimiter=params.recipient_delimiter,
+            queue_directory=params.queue_directory,
+            config_directory=params.config_directory,
+            size_limit=int(params.mailbox_size_limit),
+            default_privs=params.default_privs,
         )
 
     def as_dict(self) -> dict[str, object]:
@@ -173,7 +172,9 @@ def split_recipient(address: str, delimiter: str) -> tuple[str, str | None, str,
 def alias_items(value: str) -> list[str]:
     """An aliases(5) right-hand side as local(8) reads it: comma-separated, commas and
     blanks inside double quotes kept, a wholly quoted item unquoted (`"|cmd a, b"`)."""
-    items, current, quoted, escaped = [], [], False, False
+    items: list[str] = []
+    current: list[str] = []
+    quoted = escaped = False
     for ch in value:
         if escaped:
             escaped = False
@@ -262,9 +263,9 @@ def command_environment(
         ("ORIGINAL_RECIPIENT", target.original or None),
         *((name, value or None) for name, value in target.client),
     ]
-    for name, value in ours:
-        if value is not None:
-            env[name] = _censor(value, settings.cmd_filter)
+    for name, maybe in ours:
+        if maybe is not None:
+            env[name] = _censor(maybe, settings.cmd_filter)
     return env
 
 

@@ -639,7 +639,11 @@ class DeliveryHelper:
     def deliver(
         self, message: MessageSource, recipient: str, original: str, stable_name: str | None
     ) -> DeliveryResult:
-        request = {"recipient": recipient, "original": original, "stable_name": stable_name}
+        request: dict[str, object] = {
+            "recipient": recipient,
+            "original": original,
+            "stable_name": stable_name,
+        }
         return self._request(message, request)
 
     def deliver_alias(
@@ -647,7 +651,12 @@ class DeliveryHelper:
     ) -> DeliveryResult:
         """Ask for the `|command` listed under alias `key`: the helper runs it only if its
         own reading of alias_maps lists that command there."""
-        request = {"alias": key, "command": command, "recipient": address, "original": original}
+        request: dict[str, object] = {
+            "alias": key,
+            "command": command,
+            "recipient": address,
+            "original": original,
+        }
         return self._request(message, request)
 
     def _request(self, message: MessageSource, request: dict[str, object]) -> DeliveryResult:
