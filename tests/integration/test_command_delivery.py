@@ -79,6 +79,7 @@ def test_mailbox_command_and_alias_commands(
         f'list: "|{rec} list, post", nobody\n'
         "fail: \"|/bin/sh -c 'echo no such list; exit 67'\"\n"
         "later: \"|/bin/sh -c 'exit 75'\"\n"
+        f"archive: {work}/archive, /dev/null\n"
     )
     server = postwall_factory(
         params={
@@ -90,6 +91,7 @@ def test_mailbox_command_and_alias_commands(
         }
     )
     rcpts = ["nobody+ext@localhost", "list@localhost", "fail@localhost", "later@localhost"]
+    rcpts.append("archive@localhost")
     _send(server.port, rcpts)
     nobody = pwd.getpwnam("nobody")
     lines = _wait_out(work, "nobody+ext@localhost")
@@ -125,6 +127,12 @@ def test_mailbox_command_and_alias_commands(
     server.wait_log(
         r"to=<later@localhost>, relay=local, .*dsn=4.3.0, status=deferred \(temporary failure\)"
     )
+    server.wait_log(r"to=<archive@localhost>, relay=local, .*status=sent \(delivered to file: ")
+    archive = (work / "archive").read_bytes()
+    st = (work / "archive").stat()
+    assert (st.st_uid, st.st_mode & 0o777) == (nobody.pw_uid, 0o600)
+    assert archive.startswith(b"From alice@example.org  ") and archive.endswith(b"body line\n\n")
+    assert b"\nDelivered-To: archive@localhost\n" in archive
 
 
 def test_commands_after_the_drop(work: Path) -> None:
@@ -199,9 +207,10 @@ def test_root_helper_runs_only_configured_commands(work: Path) -> None:
             os.setgid(nobody.pw_gid)
             os.setuid(nobody.pw_uid)
             for key, command in (
-                ("list", f"touch {pwned}"),  # not what alias_maps lists
-                ("other", f"{rec} listed"),  # listed, but under another alias
-                ("list", f"{rec} listed"),
+                ("list", f"|touch {pwned}"),  # not what alias_maps lists
+                ("list", str(pwned)),  # nor is this file
+                ("other", f"|{rec} listed"),  # listed, but under another alias
+                ("list", f"|{rec} listed"),
             ):
                 r = helper.deliver_alias(_Message(), key, command, f"{key}@localhost", "")
                 result.append(f"{r.status} {r.dsn} {r.text}")
@@ -216,6 +225,7 @@ def test_root_helper_runs_only_configured_commands(work: Path) -> None:
     helper.stop()
     assert answer.split("|") == [
         f"deferred 4.3.0 alias list: command not listed in alias_maps: touch {pwned}",
+        f"deferred 4.3.0 alias list: file not listed in alias_maps: {pwned}",
         f"deferred 4.3.0 alias other: command not listed in alias_maps: {rec} listed",
         f"sent 2.0.0 delivered to command: {rec} listed",
     ]

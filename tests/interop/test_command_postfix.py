@@ -3,7 +3,7 @@ file: mailbox_command (with an extension, and for root) and `|command` aliases r
 recording script; what each command saw (argv, uid and groups, working directory,
 environment, standard input) and the `status=` of each delivery must be the same, once
 the host-dependent parts are set aside (the From_ date, Received, queue directory,
-MAIL_CONFIG)."""
+MAIL_CONFIG).  A `/file` alias (mailbox format) and /dev/null likewise."""
 
 from __future__ import annotations
 
@@ -35,6 +35,8 @@ RECIPIENTS = [
     "ex1@localhost",
     "exdsn@localhost",
     "nx@localhost",
+    "file@localhost",  # /file alias, mailbox format
+    "devnull@localhost",
 ]
 
 
@@ -57,6 +59,8 @@ def _setup(work: Path) -> tuple[Path, Path]:
         "ex1: \"|/bin/sh -c 'echo oops >&2; exit 1'\"\n"
         "exdsn: \"|/bin/sh -c 'echo 4.7.1 go away; exit 1'\"\n"
         'nx: "|/nonexistent/cmd"\n'
+        f"file: {work}/file.mbox\n"
+        "devnull: /dev/null\n"
     )
     subprocess.run(["postalias", str(aliases)], check=True, timeout=30)
     return rec, aliases
@@ -90,7 +94,7 @@ def _statuses(log: str) -> dict[str, tuple[str, str]]:
 
 def _recorded(work: Path, queue: str, config: str) -> dict[str, list[str]]:
     seen: dict[str, list[str]] = {}
-    for path in sorted(work.glob("out.*")):
+    for path in sorted([*work.glob("out.*"), work / "file.mbox"]):
         lines = []
         skipping = False
         for line in path.read_text().split("\n"):
@@ -103,7 +107,8 @@ def _recorded(work: Path, queue: str, config: str) -> dict[str, list[str]]:
             line = re.sub(r"^(From \S+  ).*", r"\1DATE", line)
             line = line.replace(queue, "QUEUE").replace(config, "CONFIG")
             lines.append(line)
-        seen[path.name] = lines
+        st = path.stat()
+        seen[path.name] = [f"{st.st_uid}:{st.st_gid} {st.st_mode:o}", *lines]
         path.unlink()
     return seen
 
@@ -142,6 +147,7 @@ def test_command_delivery_matches_postfix(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     assert sorted(theirs) == [
+        "file.mbox",
         "out.nobody+ext@localhost",
         "out.rec@localhost",
         "out.root@localhost",

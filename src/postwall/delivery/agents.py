@@ -6,9 +6,10 @@ qmgr, which calls `agent(message, recipient_index, destination)`.
 The local agent follows Postfix's local(8) for what postwall supports: alias_maps
 first (the local part with its extension, then without), recursively, with loop
 protection; each alias target that is a local user gets a Maildir copy (or goes to
-mailbox_command), a `|command` target runs through delivery/command.py with the alias
-table owner's rights (allow_mail_to_commands must name `alias`); targets postwall
-cannot deliver yet (files, :include:, remote addresses) defer with a "not supported"
+mailbox_command), a `|command` target runs through delivery/command.py and a `/file`
+target is appended to in mailbox format, both with the alias table owner's rights
+(allow_mail_to_commands / allow_mail_to_files must name `alias`); targets postwall
+cannot deliver yet (:include:, remote addresses) defer with a "not supported"
 reason, so nothing is lost and the log says why.  The Maildir
 file name is the same on every attempt for one message and recipient, so a retry
 after a crash, or after a partial alias delivery, never leaves a second copy.
@@ -30,7 +31,7 @@ from postwall.delivery import DeliveryResult, discard
 from postwall.delivery.command import CommandSettings, alias_items
 from postwall.delivery.local import (
     LocalDeliveryNotSupported,
-    deliver_alias_command,
+    deliver_alias_target,
     deliver_local,
     resolve_mailbox,
 )
@@ -72,11 +73,12 @@ def maildir_name(msg: QueuedMessage, index: int, target: str = "") -> str:
 
 @dataclass(frozen=True, slots=True)
 class AliasCommand:
-    """A `|command` alias target: the alias_maps key that lists it, the command (without
-    the `|`) and the address being expanded (RECIPIENT and Delivered-To)."""
+    """A `|command` or `/file` alias target: the alias_maps key that lists it, the item as
+    listed (`|command`, `/path`) and the address being expanded (RECIPIENT and
+    Delivered-To)."""
 
     key: str
-    command: str
+    item: str
     address: str
 
 
@@ -146,23 +148,26 @@ class LocalAgent:
         if p.mailbox_command and found is not None:
             return DeliveryResult("sent", "2.0.0", f"delivers to command: {p.mailbox_command}")
         if found is None:  # only commands
-            cmd = next(t for t in targets if isinstance(t, AliasCommand)).command
-            return DeliveryResult("sent", "2.0.0", f"delivers to command: {cmd}")
+            item = next(t for t in targets if isinstance(t, AliasCommand)).item
+            if item.startswith("|"):
+                return DeliveryResult("sent", "2.0.0", f"delivers to command: {item[1:]}")
+            return DeliveryResult("sent", "2.0.0", f"delivers to file: {item}")
         kind = "mailbox" if found.mbox else "maildir"  # type: ignore[attr-defined]
         return DeliveryResult("sent", "2.0.0", f"delivers to {kind}")
 
     def _command(self, msg: QueuedMessage, target: AliasCommand, original: str) -> DeliveryResult:
         p = self._params
         try:
-            return deliver_alias_command(
+            return deliver_alias_target(
                 msg,
                 alias_maps=p.alias_maps,
                 config_directory=p.config_directory,
                 key=target.key,
-                command=target.command,
+                item=target.item,
                 address=target.address,
                 original=original,
                 settings=self._commands,
+                mbox=self._mbox,
             )
         except (LocalDeliveryNotSupported, OSError, ValueError) as exc:
             return DeliveryResult("deferred", "4.3.0", f"alias {target.key}: {exc}")
@@ -214,11 +219,18 @@ class LocalAgent:
                 if item.startswith("|"):
                     if "alias" not in self._params.allow_mail_to_commands:
                         return DeliveryResult("bounced", "5.7.1", "mail to command is restricted")
-                    cmd = AliasCommand(key, item[1:], addr)
+                    cmd = AliasCommand(key, item, addr)
                     if cmd not in users:
                         users.append(cmd)
                     continue
-                if item[0] in '/"' or item.startswith(":include:"):
+                if item.startswith("/"):
+                    if "alias" not in self._params.allow_mail_to_files:
+                        return DeliveryResult("bounced", "5.7.1", "mail to file is restricted")
+                    cmd = AliasCommand(key, item, addr)
+                    if cmd not in users:
+                        users.append(cmd)
+                    continue
+                if item[0] == '"' or item.startswith(":include:"):
                     return DeliveryResult(
                         "deferred", "4.3.0", f"alias {local}: {item}: not supported by postwall yet"
                     )

@@ -25,8 +25,9 @@ content with LF line ends; no `>From` quoting and no empty line at the end.  Up 
 bytes of standard output and error are kept (tabs and newlines become spaces, other
 unprintable bytes `_`) for the reason.  command_time_limit bounds the whole run; the
 process group is then killed.  mailbox_size_limit bounds any file the command writes
-(RLIMIT_FSIZE).  Exit status per sysexits.h with Postfix's enhanced codes
-(`EXIT_CODES`); output that begins with an enhanced status code wins over them.
+(RLIMIT_FSIZE); its umask is 077, as under Postfix's master.  Exit status per
+sysexits.h with Postfix's enhanced codes (`EXIT_CODES`); output that begins with an
+enhanced status code wins over them.
 """
 
 from __future__ import annotations
@@ -354,11 +355,13 @@ def run_command(
     target: CommandTarget, settings: CommandSettings, chunks: Iterator[bytes]
 ) -> DeliveryResult:
     """Run one command delivery to completion (blocking).  Must be called as root or as
-    `target.uid`; sets RLIMIT_FSIZE on the calling process, so call it in a child."""
+    `target.uid`; sets RLIMIT_FSIZE and the umask (077) of the calling process, so call
+    it in a child."""
     try:
         cwd = exec_directory(target, settings) or settings.queue_directory
     except ExpandError:
         return DeliveryResult("deferred", "4.3.5", "mail system configuration error")
+    os.umask(0o077)  # what Postfix's daemons run with, so what its commands inherit
     if settings.size_limit:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_FSIZE, (settings.size_limit,) * 2)

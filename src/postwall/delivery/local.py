@@ -23,10 +23,14 @@ unquoted, lowercased and stripped of a `recipient_delimiter` extension;
 slash the mailbox file `~user/<home_mailbox>`; with home_mailbox empty,
 `mail_spool_directory` ending in `/` means the Maildir `<spool>/<user>/`, else the
 mailbox file `<spool>/<user>` (Debian's /var/mail), written by delivery/mbox.py.
-.forward files are not consulted. Running as root, the delivery is done by a forked child that
-switched to the user's uid/gid (Postfix uses set_eugid; a threaded process
-cannot), so files and quota belong to the user; otherwise we deliver as
-ourselves.
+With mailbox_command set, a known user's mail goes to that command instead
+(delivery/command.py), run as the user (root's mail as default_privs); `|command` and
+`/file` alias targets are delivered as the alias table's owner, or default_privs when
+that is root (`deliver_alias_target`; a file in mailbox format through mbox.py, or a
+Maildir when the name ends in `/`).  .forward files are not consulted.  Running as root,
+the delivery is done by a forked child that switched to the user's uid/gid (Postfix
+uses set_eugid; a threaded process cannot), so files and quota belong to the user;
+otherwise we deliver as ourselves.
 
 After the privilege drop (master, started as root) the process that talks to the
 network runs as mail_owner and cannot become a user any more.  Local delivery then
@@ -41,6 +45,13 @@ file.  What a compromised mail_owner process can make it do is therefore what it
 do anyway by accepting mail: put a message into a local user's Maildir.  The helper
 keeps the settings it was started with: a change of those three parameters needs a
 restart.
+
+Commands and files follow the same rule: the helper runs only what root configured.  It reads
+main.cf itself when it starts (mailbox_command and the command_* settings; never from a
+request), and for an alias command the request names only the alias key and the command
+(or file) it expects: the helper looks the key up in its own reading of alias_maps and
+refuses (deferred, nothing run or written) unless that alias lists exactly that item; it
+then delivers with the rights of the table's owner, which it checks itself.
 
 At a reload the helper also opens what mail_owner may not: a root-only TLS key (as
 certbot writes them) and a maillog_file that logrotate recreated as root.  `read_file`
@@ -58,6 +69,7 @@ Blocking (file I/O, fsync, maybe fork): the queue manager runs it in a thread.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import itertools
 import json
@@ -66,6 +78,7 @@ import pwd
 import re
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -84,6 +97,7 @@ from postwall.delivery.command import (
     CommandSettings,
     CommandTarget,
     alias_items,
+    message_stream,
     run_command,
     split_recipient,
     table_owner,
@@ -95,7 +109,7 @@ __all__ = [
     "Mailbox",
     "MessageSource",
     "deliver",
-    "deliver_alias_command",
+    "deliver_alias_target",
     "deliver_local",
     "resolve_mailbox",
 ]
@@ -446,31 +460,31 @@ def _mailbox_command(
     return _run_in_child(job, settings, message)
 
 
-def alias_command_target(
+def alias_target(
     message: MessageSource,
     *,
     alias_maps: tuple[str, ...],
     config_directory: str,
     key: str,
-    command: str,
+    item: str,
     address: str,
     original: str,
     settings: CommandSettings,
 ) -> CommandTarget | DeliveryResult:
-    """The `|command` alias target as local(8) runs it, looked up again in alias_maps: the
-    command must be listed under `key` there (so nobody can name another), and runs as
-    the owner of the table that lists it, or default_privs when that is root (or the
-    table is not a file)."""
+    """A `|command` or `/file` alias target as local(8) delivers it, looked up again in
+    alias_maps: `item` must be listed under `key` there (so nobody can name another), and
+    runs as the owner of the table that lists it, or default_privs when that is root (or
+    the table is not a file).  For a file, `command` is its path."""
     for ref in split_list(" ".join(alias_maps)):
         value = open_table(ref, Path(config_directory), aliases=True).lookup(key)
         if value is None:
             continue
-        if f"|{command}" not in alias_items(value):
+        if item not in alias_items(value):
             break
         owner = table_owner(ref, Path(config_directory))
         user = split_recipient(address, settings.recipient_delimiter)[2]
         base = dict(
-            command=command,
+            command=item[1:] if item.startswith("|") else item,
             user=user,
             recipient=address,
             sender=message.envelope.sender,
@@ -489,39 +503,101 @@ def alias_command_target(
             return CommandTarget(uid=owner, gid=gid, home=pw.pw_dir, shell=pw.pw_shell, **base)  # type: ignore[arg-type]
         uid, gid = _default_privs(settings.default_privs)
         return CommandTarget(uid=uid, gid=gid, **base)  # type: ignore[arg-type]
+    what = "command" if item.startswith("|") else "file"
     return DeliveryResult(
-        "deferred", "4.3.0", f"alias {key}: command not listed in alias_maps: {command}"
+        "deferred", "4.3.0", f"alias {key}: {what} not listed in alias_maps: {item.lstrip('|')}"
     )
 
 
-def deliver_alias_command(
+def deliver_alias_target(
     message: MessageSource,
     *,
     alias_maps: tuple[str, ...],
     config_directory: str,
     key: str,
-    command: str,
+    item: str,
     address: str,
     original: str,
     settings: CommandSettings,
+    mbox: MboxSettings | None = None,
 ) -> DeliveryResult:
-    """Run a `|command` target of alias `key` (see alias_command_target); after the
-    privilege drop the root helper looks it up and runs it."""
+    """Deliver to a `|command` or `/file` target of alias `key` (see alias_target);
+    after the privilege drop the root helper looks it up and delivers."""
     if _helper is not None and os.geteuid() != 0:
-        return _helper.deliver_alias(message, key, command, address, original)
-    job = alias_command_target(
+        return _helper.deliver_alias(message, key, item, address, original)
+    job = alias_target(
         message,
         alias_maps=alias_maps,
         config_directory=config_directory,
         key=key,
-        command=command,
+        item=item,
         address=address,
         original=original,
         settings=settings,
     )
     if isinstance(job, DeliveryResult):
         return job
-    return _run_in_child(job, settings, message)
+    if item.startswith("|"):
+        return _run_in_child(job, settings, message)
+    return _in_child(lambda: _deliver_file(job, message, mbox or MboxSettings()), job.user)
+
+
+def _deliver_file(job: CommandTarget, message: MessageSource, mbox: MboxSettings) -> DeliveryResult:
+    """local(8)'s file delivery, in a child: become the identity for good, then append in
+    mailbox format (a path ending in / is a Maildir).  Not a regular file (/dev/null):
+    written without locks, quoting or the final empty line, as Postfix does.  A dot-lock
+    is not attempted (Postfix tries one and goes on when it cannot be made)."""
+    os.umask(0o077)
+    if os.geteuid() == 0:
+        os.setgroups([job.gid])
+        os.setgid(job.gid)
+        os.setuid(job.uid)
+    path = job.command
+    if path.endswith("/"):
+        return deliver(message, job.recipient, maildir=Path(path), original=job.original)
+    prefix = f"cannot append message to destination file {path}: "
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        dsn = mbox_dsn(exc.errno or 0, "5.2.0")
+        return DeliveryResult(
+            "deferred" if dsn.startswith("4") else "bounced", dsn, prefix + str(exc.strerror)
+        )
+    if st is not None and st.st_mode & 0o111 and stat.S_ISREG(st.st_mode):
+        return DeliveryResult("bounced", "5.2.0", prefix + "destination file is executable")
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            try:
+                for piece in message_stream(
+                    message.iter_content(), job.sender, job.original, job.delivered
+                ):
+                    fsutil.write_all(fd, piece)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            dsn = mbox_dsn(exc.errno or 0, "5.2.0")
+            status = "deferred" if dsn.startswith("4") else "bounced"
+            return DeliveryResult(status, dsn, prefix + str(exc.strerror))  # type: ignore[arg-type]
+    else:
+        locks = tuple(lock for lock in mbox.locks if lock != "dotlock")
+        result = deliver_mbox(
+            message.iter_content(),
+            path=Path(path),
+            user=job.user,
+            uid=job.uid,
+            gid=job.gid,
+            sender=job.sender,
+            recipient=job.delivered,
+            original=job.original,
+            settings=dataclasses.replace(mbox, locks=locks, strict_owner=False),
+        )
+        if result.status != "sent":
+            why = result.text.removeprefix(f"cannot update mailbox {path} for user {job.user}. ")
+            return DeliveryResult(result.status, result.dsn, prefix + why)
+    return DeliveryResult("sent", "2.0.0", f"delivered to file: {path}")
 
 
 def _run_in_child(
@@ -647,13 +723,13 @@ class DeliveryHelper:
         return self._request(message, request)
 
     def deliver_alias(
-        self, message: MessageSource, key: str, command: str, address: str, original: str
+        self, message: MessageSource, key: str, item: str, address: str, original: str
     ) -> DeliveryResult:
-        """Ask for the `|command` listed under alias `key`: the helper runs it only if its
-        own reading of alias_maps lists that command there."""
+        """Ask for the `|command` or `/file` listed under alias `key`: the helper delivers
+        only if its own reading of alias_maps lists that item there."""
         request: dict[str, object] = {
             "alias": key,
-            "command": command,
+            "item": item,
             "recipient": address,
             "original": original,
         }
@@ -844,7 +920,7 @@ def _serve_one(
     recipient, original = str(req["recipient"]), str(req["original"])
     client = {str(k): str(v) for k, v in req.get("client", [])}
     if "alias" in req:
-        result = _serve_alias(sock, req, commands, client)
+        result = _serve_alias(sock, req, commands, client, mbox)
         fsutil.write_all(
             sock.fileno(),
             f"{result.status}\0{result.dsn}\0{result.text}".encode("utf-8", "replace"),
@@ -886,19 +962,24 @@ def _serve_one(
 
 
 def _serve_alias(
-    sock: socket.socket, req: dict[str, object], commands: _RootCommands, client: dict[str, str]
+    sock: socket.socket,
+    req: dict[str, object],
+    commands: _RootCommands,
+    client: dict[str, str],
+    mbox: MboxSettings,
 ) -> DeliveryResult:
     """An alias command request: run it only if the helper's own alias_maps list it."""
     if commands.error:
         return DeliveryResult("deferred", "4.3.5", "mail system configuration error")
     message = _StreamedMessage(sock, str(req["sender"]), client)
+    item = str(req["item"])
     try:
-        job = alias_command_target(
+        job = alias_target(
             message,
             alias_maps=commands.alias_maps,
             config_directory=commands.settings.config_directory,
             key=str(req["alias"]),
-            command=str(req["command"]),
+            item=item,
             address=str(req["recipient"]),
             original=str(req["original"]),
             settings=commands.settings,
@@ -909,4 +990,6 @@ def _serve_alias(
         for _chunk in message.iter_content():  # read it all, so the refusal gets through
             pass
         return job
-    return run_command(job, commands.settings, message.iter_content())
+    if item.startswith("|"):
+        return run_command(job, commands.settings, message.iter_content())
+    return _deliver_file(job, message, mbox)
