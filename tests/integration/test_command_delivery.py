@@ -81,9 +81,12 @@ def test_mailbox_command_and_alias_commands(
         "later: \"|/bin/sh -c 'exit 75'\"\n"
         f"archive: {work}/archive, /dev/null\n"
     )
+    maps = work / "commands"
+    maps.write_text(f"root {rec} from-maps\n")
     server = postwall_factory(
         params={
             "mydestination": "postwall.test, localhost",
+            "mailbox_command_maps": f"texthash:{maps}",
             "alias_maps": f"hash:{aliases}",
             "mailbox_command": f'{rec} -a "$EXTENSION"',
             "recipient_delimiter": "+",
@@ -91,7 +94,7 @@ def test_mailbox_command_and_alias_commands(
         }
     )
     rcpts = ["nobody+ext@localhost", "list@localhost", "fail@localhost", "later@localhost"]
-    rcpts.append("archive@localhost")
+    rcpts += ["archive@localhost", "root@localhost"]
     _send(server.port, rcpts)
     nobody = pwd.getpwnam("nobody")
     lines = _wait_out(work, "nobody+ext@localhost")
@@ -101,6 +104,12 @@ def test_mailbox_command_and_alias_commands(
         f"EXT: ext HOME: {nobody.pw_dir} USER: nobody",
     ]
     assert lines[3].startswith("From alice@example.org  ")
+    # mailbox_command_maps first (by user name); root's command runs as default_privs.
+    assert _wait_out(work, "root@localhost")[:3] == [
+        "ARGV: from-maps",
+        f"UID: {nobody.pw_uid} GID: {nobody.pw_gid} GROUPS: {nobody.pw_gid}",
+        "EXT: unset HOME: /root USER: root",
+    ]
     assert lines[4:7] == [
         "Return-Path: <alice@example.org>",
         "X-Original-To: nobody+ext@localhost",
@@ -136,11 +145,14 @@ def test_mailbox_command_and_alias_commands(
 
 
 def test_commands_after_the_drop(work: Path) -> None:
-    """mail_owner = postfix: the root helper runs main.cf's mailbox_command as the
-    recipient and the alias command as default_privs."""
+    """mail_owner = postfix: the root helper runs main.cf's mailbox_command (or the
+    user's in mailbox_command_maps) as the recipient, root's and the alias command as
+    default_privs."""
     rec = _recorder(work)
     aliases = work / "aliases"
     aliases.write_text(f'list: "|{rec} from-alias"\n')
+    maps = work / "commands"
+    maps.write_text(f"root {rec} from-maps\n")
     server = peers.PostwallServer(
         config_dir=work / "conf",
         port=_free_privileged_port(),
@@ -149,17 +161,19 @@ def test_commands_after_the_drop(work: Path) -> None:
             "mydestination": "localhost",
             "alias_maps": f"hash:{aliases}",
             "mailbox_command": f"{rec} from-main-cf",
+            "mailbox_command_maps": f"texthash:{maps}",
             "queue_directory": str(work / "queue"),
         },
     )
     try:
         server.start()
         server.wait_log(r"dropped privileges to mail_owner postfix")
-        _send(server.port, ["nobody@localhost", "list@localhost"])
+        _send(server.port, ["nobody@localhost", "list@localhost", "root@localhost"])
         nobody = pwd.getpwnam("nobody")
         ids = f"UID: {nobody.pw_uid} GID: {nobody.pw_gid} GROUPS: {nobody.pw_gid}"
         assert _wait_out(work, "nobody@localhost")[:2] == ["ARGV: from-main-cf", ids]
         assert _wait_out(work, "list@localhost")[:2] == ["ARGV: from-alias", ids]
+        assert _wait_out(work, "root@localhost")[:2] == ["ARGV: from-maps", ids]
         server.wait_log(r"to=<list@localhost>, relay=local, .*status=sent \(delivered to command")
     finally:
         server.cleanup()

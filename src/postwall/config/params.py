@@ -622,6 +622,9 @@ class Params:
     mailbox_command: str = _s(
         "", "Command delivering to a mailbox (kept unexpanded).", verbatim=True
     )
+    mailbox_command_maps: tuple[str, ...] = _l(
+        "", "Per-user mailbox commands (looked up by user name), before mailbox_command."
+    )
     local_command_shell: str = _s("", "Shell for local(8) commands; empty: /bin/sh only if needed.")
     command_time_limit: float = _t("1000s", "Time limit of a local(8) command delivery.", lo=1)
     command_execution_directory: str = _s(

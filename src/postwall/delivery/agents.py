@@ -87,6 +87,7 @@ class LocalAgent:
         self._params = params
         self._mbox = MboxSettings.from_params(params)
         self._commands = CommandSettings.from_params(params)
+        self._command_maps = open_maps(params.mailbox_command_maps, Path(params.config_directory))
         self._resolver = resolver
         self._aliases: list[Table] = open_maps(
             params.alias_maps, Path(params.config_directory), aliases=True
@@ -145,8 +146,11 @@ class LocalAgent:
                 return DeliveryResult("deferred", "4.3.0", str(exc))
             if isinstance(found, DeliveryResult):
                 return found
-        if p.mailbox_command and found is not None:
-            return DeliveryResult("sent", "2.0.0", f"delivers to command: {p.mailbox_command}")
+        if found is not None:
+            user = found.user  # type: ignore[attr-defined]
+            command = lookup_maps(self._command_maps, user) or p.mailbox_command
+            if command:
+                return DeliveryResult("sent", "2.0.0", f"delivers to command: {command}")
         if found is None:  # only commands
             item = next(t for t in targets if isinstance(t, AliasCommand)).item
             if item.startswith("|"):
@@ -188,6 +192,7 @@ class LocalAgent:
                 mbox=self._mbox,
                 mailbox_command=p.mailbox_command,
                 commands=self._commands,
+                command_maps=self._command_maps,
             )
         except LocalDeliveryNotSupported as exc:
             return DeliveryResult("deferred", "4.3.0", str(exc))

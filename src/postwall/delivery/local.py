@@ -84,14 +84,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from postwall import fsutil
 from postwall.config import load as load_config
-from postwall.config.tables import open_table, split_list
+from postwall.config.tables import Table, lookup_maps, open_maps, open_table, split_list
 from postwall.delivery import DeliveryResult, lf_lines
 from postwall.delivery.command import (
     CommandSettings,
@@ -285,9 +285,11 @@ def deliver_local(
     mbox: MboxSettings | None = None,
     mailbox_command: str = "",
     commands: CommandSettings | None = None,
+    command_maps: Sequence[Table] = (),
 ) -> DeliveryResult:
-    """Resolve `recipient` and deliver it, as the user when we are root: to
-    `mailbox_command` when one is set (main.cf's, as the recipient), else the mailbox."""
+    """Resolve `recipient` and deliver it, as the user when we are root: to the user's
+    command in mailbox_command_maps (`command_maps`), else `mailbox_command`, when set
+    (main.cf's, as the recipient), else the mailbox."""
     target = resolve_mailbox(
         recipient,
         home_mailbox=home_mailbox,
@@ -298,6 +300,8 @@ def deliver_local(
         return target
     if _helper is not None and os.geteuid() != 0:
         return _helper.deliver(message, recipient, original, stable_name)
+    if command_maps:
+        mailbox_command = lookup_maps(command_maps, target.user) or mailbox_command
     if mailbox_command:
         return _mailbox_command(
             message, target, recipient, original, mailbox_command, commands or CommandSettings()
@@ -843,6 +847,7 @@ class _RootCommands:
     """What the helper may run, read by the helper itself (as root) from main.cf."""
 
     mailbox_command: str = ""
+    command_maps: tuple[Table, ...] = ()
     settings: CommandSettings = field(default_factory=CommandSettings)
     alias_maps: tuple[str, ...] = ()
     error: str = ""
@@ -853,10 +858,12 @@ def _helper_commands(config_dir: str) -> _RootCommands:
         return _RootCommands()
     try:
         params = load_config(Path(config_dir)).params
+        maps = open_maps(params.mailbox_command_maps, Path(params.config_directory))
     except Exception as exc:  # refuse command deliveries, never fall back to the mailbox
         return _RootCommands(error=f"{config_dir}: {exc}")
     return _RootCommands(
         params.mailbox_command,
+        tuple(maps),
         CommandSettings.from_params(params),
         tuple(params.alias_maps),
         "",
@@ -946,10 +953,8 @@ def _serve_one(
         result = target
     elif commands.error:
         result = DeliveryResult("deferred", "4.3.5", "mail system configuration error")
-    elif commands.mailbox_command:
-        result = _mailbox_command(
-            message, target, recipient, original, commands.mailbox_command, commands.settings
-        )
+    elif command := (lookup_maps(commands.command_maps, target.user) or commands.mailbox_command):
+        result = _mailbox_command(message, target, recipient, original, command, commands.settings)
     elif target.uid == 0:  # root's own mail is written as root, as before the drop
         os.umask(0o077)
         result = _deliver_to(target, message, recipient, original, stable, mbox)
