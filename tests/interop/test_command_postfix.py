@@ -8,6 +8,7 @@ MAIL_CONFIG).  A `/file` alias (mailbox format) and /dev/null likewise."""
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import shutil
 import smtplib
@@ -154,3 +155,46 @@ def test_command_delivery_matches_postfix(
     ]
     assert ours == theirs
     assert ours_log == theirs_log
+
+
+def test_procmail_as_mailbox_command(
+    postwall_factory: Callable[..., peers.PostwallServer],
+) -> None:
+    """A real procmail as Debian administrators configure it (postconf(5)'s example
+    `procmail -a "$EXTENSION"`): it gets the extension as $1 and files the message, From_
+    line included, where its rc file says."""
+    procmail = peers.require_tool("procmail")
+    peers.require_root()
+    work = peers.WORK_ROOT / f"procmail-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "box").mkdir(parents=True)
+    work.chmod(0o755)
+    (work / "box").chmod(0o777)
+    rc = work / "procmailrc"
+    rc.write_text(f"EXT=$1\n:0:\n{work}/box/ext-$EXT\n")
+    rc.chmod(0o644)
+    try:
+        server = postwall_factory(
+            params={
+                "mydestination": "localhost",
+                "recipient_delimiter": "+",
+                "mailbox_command": f'{procmail} -a "$EXTENSION" {rc}',
+                "queue_directory": str(work / "queue"),
+            }
+        )
+        assert server.port is not None
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as s:
+            s.sendmail("alice@example.org", ["nobody+lists@localhost"], MESSAGE)
+        server.wait_log(
+            r"to=<nobody\+lists@localhost>, relay=local, .*dsn=2.0.0, status=sent "
+            rf"\(delivered to command: {re.escape(procmail)} -a \"\$EXTENSION\" "
+        )
+        box = work / "box" / "ext-lists"
+        data = box.read_bytes()
+        assert data.startswith(b"From alice@example.org  ")
+        head = b"\nX-Original-To: nobody+lists@localhost\nDelivered-To: nobody+lists@localhost\n"
+        assert head in data
+        assert b"\n>From the first line\n" in data  # procmail quotes, as a mailbox wants
+        assert box.stat().st_uid == pwd.getpwnam("nobody").pw_uid
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
