@@ -9,8 +9,9 @@ protection; each alias target that is a local user gets a Maildir copy (or goes 
 mailbox_command), a `|command` target runs through delivery/command.py and a `/file`
 target is appended to in mailbox format, both with the alias table owner's rights
 (allow_mail_to_commands / allow_mail_to_files must name `alias`); targets postwall
-cannot deliver yet (:include:, remote addresses) defer with a "not supported"
-reason, so nothing is lost and the log says why.  The Maildir
+cannot deliver yet (remote addresses; commands and files listed in a :include: file)
+defer with a "not supported" reason, so nothing is lost and the log says why.
+`:include:/file` entries expand to the addresses the file lists.  The Maildir
 file name is the same on every attempt for one message and recipient, so a retry
 after a crash, or after a partial alias delivery, never leaves a second copy.
 """
@@ -221,37 +222,74 @@ class LocalAgent:
                 users.append(addr)
                 return None
             for item in alias_items(value):
-                if item.startswith("|"):
-                    if "alias" not in self._params.allow_mail_to_commands:
-                        return DeliveryResult("bounced", "5.7.1", "mail to command is restricted")
-                    cmd = AliasCommand(key, item, addr)
-                    if cmd not in users:
-                        users.append(cmd)
-                    continue
-                if item.startswith("/"):
-                    if "alias" not in self._params.allow_mail_to_files:
-                        return DeliveryResult("bounced", "5.7.1", "mail to file is restricted")
-                    cmd = AliasCommand(key, item, addr)
-                    if cmd not in users:
-                        users.append(cmd)
-                    continue
-                if item[0] == '"' or item.startswith(":include:"):
-                    return DeliveryResult(
-                        "deferred", "4.3.0", f"alias {local}: {item}: not supported by postwall yet"
-                    )
-                target = self._resolver.qualify(item)
-                if self._resolver.classify(target) is not AddressClass.LOCAL:
+                problem = expand_item(item, key, addr, local, depth, "alias")
+                if problem is not None:
+                    return problem
+            return None
+
+        def expand_item(
+            item: str, key: str, addr: str, local: str, depth: int, source: str
+        ) -> DeliveryResult | None:
+            """One alias (or :include: file) entry; `source` is where it was listed."""
+            if item[:1] in ("|", "/"):
+                kind = "command" if item[0] == "|" else "file"
+                allowed = (
+                    self._params.allow_mail_to_commands
+                    if kind == "command"
+                    else self._params.allow_mail_to_files
+                )
+                if source not in allowed:
+                    return DeliveryResult("bounced", "5.7.1", f"mail to {kind} is restricted")
+                if source != "alias":  # the root helper checks alias_maps entries only
                     return DeliveryResult(
                         "deferred",
                         "4.3.0",
-                        f"alias {local}: forwarding to {item} is not supported by postwall yet",
+                        f"alias {local}: {item}: a {kind} in an include file "
+                        "is not supported by postwall yet",
                     )
-                if self._resolver.local_user(target).lower() == local:
-                    users.append(target)  # "root: root, x": the user itself, no recursion
+                target_item = AliasCommand(key, item, addr)
+                if target_item not in users:
+                    users.append(target_item)
+                return None
+            if item.startswith(":include:"):
+                return include(item[len(":include:") :].strip(), key, addr, local, depth)
+            if item[0] == '"':
+                return DeliveryResult(
+                    "deferred", "4.3.0", f"alias {local}: {item}: not supported by postwall yet"
+                )
+            target = self._resolver.qualify(item)
+            if self._resolver.classify(target) is not AddressClass.LOCAL:
+                return DeliveryResult(
+                    "deferred",
+                    "4.3.0",
+                    f"alias {local}: forwarding to {item} is not supported by postwall yet",
+                )
+            if self._resolver.local_user(target).lower() == local:
+                users.append(target)  # "root: root, x": the user itself, no recursion
+                return None
+            return walk(target, depth + 1)
+
+        def include(
+            path: str, key: str, addr: str, local: str, depth: int
+        ) -> DeliveryResult | None:
+            """`:include:/file`: its addresses (one or more a line, # comments) as if listed
+            in the alias itself; commands and files in it need `include` in
+            allow_mail_to_commands / allow_mail_to_files."""
+            if depth > _MAX_ALIAS_DEPTH:
+                return DeliveryResult("bounced", "5.4.6", f"alias expansion loop for {addr}")
+            try:
+                if not path.startswith("/"):
+                    raise OSError(f"include file must be an absolute pathname: {path}")
+                text = Path(path).read_text(encoding="utf-8", errors="surrogateescape")
+            except OSError:  # Postfix 3.7 says no more (its warning has the details)
+                return DeliveryResult("bounced", "5.3.5", "mail system configuration error")
+            for line in text.splitlines():
+                if not line.strip() or line.lstrip().startswith("#"):
                     continue
-                problem = walk(target, depth + 1)
-                if problem is not None:
-                    return problem
+                for item in alias_items(line):
+                    problem = expand_item(item, key, addr, local, depth + 1, "include")
+                    if problem is not None:
+                        return problem
             return None
 
         problem = walk(address, 0)
