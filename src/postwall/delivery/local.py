@@ -954,7 +954,12 @@ def _serve_one(
     elif commands.error:
         result = DeliveryResult("deferred", "4.3.5", "mail system configuration error")
     elif command := (lookup_maps(commands.command_maps, target.user) or commands.mailbox_command):
-        result = _mailbox_command(message, target, recipient, original, command, commands.settings)
+        try:
+            result = _mailbox_command(
+                message, target, recipient, original, command, commands.settings
+            )
+        except LocalDeliveryNotSupported as exc:  # default_privs unusable
+            result = DeliveryResult("deferred", "4.3.0", str(exc))
     elif target.uid == 0:  # root's own mail is written as root, as before the drop
         os.umask(0o077)
         result = _deliver_to(target, message, recipient, original, stable, mbox)
