@@ -244,6 +244,15 @@ def test_missing_command_and_signal(tmp_path: Path) -> None:
     assert result.status == "sent"
 
 
+def test_missing_execution_directory_defers(tmp_path: Path) -> None:
+    settings = CommandSettings(exec_directory=f"{tmp_path}/nonexistent/$user")
+    result = _run(_target("/bin/true"), settings, b"x\r\n")
+    assert result == DeliveryResult("deferred", "4.3.0", "temporary failure")  # as Postfix
+    settings = CommandSettings(exec_directory=f"{tmp_path}/${{user")
+    result = _run(_target("/bin/true"), settings, b"x\r\n")
+    assert result == DeliveryResult("deferred", "4.3.5", "mail system configuration error")
+
+
 def test_file_size_limit_applies_to_what_the_command_writes(tmp_path: Path) -> None:
     settings = CommandSettings(queue_directory=str(tmp_path), size_limit=1000)
     result = _run(_target(f"head -c 5000 /dev/zero > {tmp_path}/big"), settings, b"x\r\n")

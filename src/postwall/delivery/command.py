@@ -382,10 +382,8 @@ def run_command(
             close_fds=True,
         )
     except OSError as exc:
-        if exc.filename == cwd:  # Postfix: a failed chdir() defers
-            return DeliveryResult(
-                "deferred", "4.3.0", f"mail system configuration error: chdir {cwd}: {exc}"
-            )
+        if exc.filename == cwd:  # Postfix's child dies (EX_TEMPFAIL) before any output
+            return exit_result(target.command, 75 << 8, b"")
         if exc.filename is None:  # fork or pipe failed
             return DeliveryResult("deferred", "4.3.0", f"Delivery failed: {exc.strerror}")
         # Postfix's child dies with EX_TEMPFAIL and this message on its output.
