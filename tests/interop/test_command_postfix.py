@@ -36,6 +36,7 @@ RECIPIENTS = [
     "ex1@localhost",
     "exdsn@localhost",
     "nx@localhost",
+    "sig@localhost",  # the command dies of a signal
     "file@localhost",  # /file alias, mailbox format
     "devnull@localhost",
     "inc@localhost",  # :include: of an address
@@ -63,6 +64,7 @@ def _setup(work: Path) -> tuple[Path, Path]:
         "ex1: \"|/bin/sh -c 'echo oops >&2; exit 1'\"\n"
         "exdsn: \"|/bin/sh -c 'echo 4.7.1 go away; exit 1'\"\n"
         'nx: "|/nonexistent/cmd"\n'
+        f"sig: |{work}/crash.sh\n"
         f"file: {work}/file.mbox\n"
         "devnull: /dev/null\n"
         f"inc: :include:{work}/list\n"
@@ -71,6 +73,9 @@ def _setup(work: Path) -> tuple[Path, Path]:
     )
     (work / "list").write_text("# the list\nnobody@localhost\n")
     (work / "cmdlist").write_text("|/bin/true\n")
+    crash = work / "crash.sh"
+    crash.write_text("#!/bin/sh\nkill -SEGV $$\n")
+    crash.chmod(0o755)
     subprocess.run(["postalias", str(aliases)], check=True, timeout=30)
     return rec, aliases
 

@@ -229,6 +229,12 @@ def test_time_limit_kills_the_process_group(tmp_path: Path) -> None:
     )
 
 
+def test_time_limit_holds_after_the_command_closes_its_output(tmp_path: Path) -> None:
+    settings = CommandSettings(queue_directory=str(tmp_path), time_limit=1)
+    result = _run(_target("exec >/dev/null 2>&1; sleep 30"), settings, b"x\r\n")
+    assert result.text == 'Command time limit exceeded: "exec >/dev/null 2>&1; sleep 30"'
+
+
 def test_missing_command_and_signal(tmp_path: Path) -> None:
     settings = CommandSettings(queue_directory=str(tmp_path))
     result = _run(_target("/nonexistent/cmd"), settings, b"x\r\n")
@@ -242,6 +248,11 @@ def test_missing_command_and_signal(tmp_path: Path) -> None:
     assert result.status == "bounced" and result.text.startswith("Command died with status 137")
     result = _run(_target("/bin/sleep 0"), settings, b"y" * 1_000_000)  # never reads: EPIPE
     assert result.status == "sent"
+    script = tmp_path / "crash"
+    script.write_text("#!/bin/sh\nkill -SEGV $$\n")
+    script.chmod(0o755)
+    result = _run(_target(str(script)), settings, b"x\r\n")
+    assert result == DeliveryResult("deferred", "4.3.0", f'Command died with signal 11: "{script}"')
 
 
 def test_missing_execution_directory_defers(tmp_path: Path) -> None:

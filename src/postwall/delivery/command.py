@@ -390,12 +390,19 @@ def run_command(
         why = f"local: fatal: execvp {argv[0]}: {exc.strerror}\n".encode()
         return exit_result(target.command, 75 << 8, why)
     stream = message_stream(chunks, target.sender, target.original, target.delivered)
-    output, write_error, timed_out = _pump(proc, stream, time.monotonic() + settings.time_limit)
+    deadline = time.monotonic() + settings.time_limit
+    output, write_error, timed_out = _pump(proc, stream, deadline)
+    if not timed_out:  # output closed, but the command may still run: the limit holds
+        try:
+            proc.wait(max(deadline - time.monotonic(), 0))
+        except subprocess.TimeoutExpired:
+            timed_out = True
     if timed_out:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-    status = os.waitpid(proc.pid, 0)[1]
-    proc.returncode = 0  # reaped here; keep Popen from trying again
+        proc.wait()
+    code = proc.returncode
+    status = -code if code < 0 else code << 8  # back to a waitpid() status
     return exit_result(target.command, status, output, timed_out=timed_out, write_error=write_error)
 
 
