@@ -189,7 +189,6 @@ def build_delivery(config: Config, log: MailLog) -> Delivery:
             ("smtp_sasl_auth_enable", "SASL authentication towards servers"),
             ("smtp_tls_wrappermode", "implicit TLS towards servers"),
             ("content_filter", "an after-queue content filter"),
-            ("mailbox_command", "mailbox delivery through a command"),
             ("mailbox_transport", "mailbox delivery through another transport"),
             ("fallback_transport", "a transport for recipients not in passwd"),
             ("luser_relay", "a destination for unknown local users"),

@@ -180,16 +180,16 @@ def test_check_reports_every_problem_with_file_and_line(initialised: Path) -> No
     (initialised / "master.cf").write_text("127.0.0.1:2599 inet n - n - - smtpd\n")
 
     # Settings postwall knows but does not act on must not be ignored silently: mail
-    # would bypass an amavis content filter or procmail.
+    # would bypass an amavis content filter or a mailbox transport.
     _tls_main_cf(
         initialised,
-        "content_filter = smtp-amavis:[127.0.0.1]:10024\nmailbox_command = /usr/bin/procmail\n",
+        "content_filter = smtp-amavis:[127.0.0.1]:10024\nmailbox_transport = lmtp:unix:x\n",
     )
     res = postwall("check", "-c", str(initialised))
     assert res.returncode == 1
     for text in (
         r"content_filter = smtp-amavis:\[127\.0\.0\.1\]:10024: an after-queue content filter",
-        r"mailbox_command = /usr/bin/procmail: mailbox delivery through a command",
+        r"mailbox_transport = lmtp:unix:x: mailbox delivery through another transport",
     ):
         assert re.search(rf"{main}:\d+: {text} is not supported yet", res.stderr), res.stderr
 

@@ -622,6 +622,31 @@ class Params:
     mailbox_command: str = _s(
         "", "Command delivering to a mailbox (kept unexpanded).", verbatim=True
     )
+    mailbox_command_maps: tuple[str, ...] = _l(
+        "", "Per-user mailbox commands (looked up by user name), before mailbox_command."
+    )
+    local_command_shell: str = _s("", "Shell for local(8) commands; empty: /bin/sh only if needed.")
+    command_time_limit: float = _t("1000s", "Time limit of a local(8) command delivery.", lo=1)
+    command_execution_directory: str = _s(
+        "", "Working directory of local(8) commands (kept unexpanded).", verbatim=True
+    )
+    command_expansion_filter: str = _s(
+        "1234567890!@%-_=+:,./abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ",
+        "Characters allowed in a command's environment values; others become _.",
+    )
+    execution_directory_expansion_filter: str = _s(
+        "1234567890!@%-_=+:,./abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ",
+        "Characters allowed in command_execution_directory expansions.",
+    )
+    export_environment: tuple[str, ...] = _l(
+        "TZ MAIL_CONFIG LANG", "Environment names passed on to delivery commands."
+    )
+    import_environment: tuple[str, ...] = _l(
+        "MAIL_CONFIG MAIL_DEBUG MAIL_LOGTAG TZ XAUTHORITY DISPLAY LANG=C POSTLOG_SERVICE "
+        "POSTLOG_HOSTNAME",
+        "Environment names (and NAME=value) Postfix's daemons start with.",
+    )
+    default_privs: str = _s("nobody", "Rights of commands and files run for root or aliases.")
     mailbox_transport: str = _s("", "Transport for mailbox delivery.")
     fallback_transport: str = _s("", "Transport for recipients not in passwd.")
     owner_request_special: bool = _b("yes", "Treat owner-x and x-request specially.")

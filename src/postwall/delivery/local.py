@@ -23,10 +23,14 @@ unquoted, lowercased and stripped of a `recipient_delimiter` extension;
 slash the mailbox file `~user/<home_mailbox>`; with home_mailbox empty,
 `mail_spool_directory` ending in `/` means the Maildir `<spool>/<user>/`, else the
 mailbox file `<spool>/<user>` (Debian's /var/mail), written by delivery/mbox.py.
-.forward files are not consulted. Running as root, the delivery is done by a forked child that
-switched to the user's uid/gid (Postfix uses set_eugid; a threaded process
-cannot), so files and quota belong to the user; otherwise we deliver as
-ourselves.
+With mailbox_command set, a known user's mail goes to that command instead
+(delivery/command.py), run as the user (root's mail as default_privs); `|command` and
+`/file` alias targets are delivered as the alias table's owner, or default_privs when
+that is root (`deliver_alias_target`; a file in mailbox format through mbox.py, or a
+Maildir when the name ends in `/`).  .forward files are not consulted.  Running as root,
+the delivery is done by a forked child that switched to the user's uid/gid (Postfix
+uses set_eugid; a threaded process cannot), so files and quota belong to the user;
+otherwise we deliver as ourselves.
 
 After the privilege drop (master, started as root) the process that talks to the
 network runs as mail_owner and cannot become a user any more.  Local delivery then
@@ -41,6 +45,13 @@ file.  What a compromised mail_owner process can make it do is therefore what it
 do anyway by accepting mail: put a message into a local user's Maildir.  The helper
 keeps the settings it was started with: a change of those three parameters needs a
 restart.
+
+Commands and files follow the same rule: the helper runs only what root configured.  It reads
+main.cf itself when it starts (mailbox_command and the command_* settings; never from a
+request), and for an alias command the request names only the alias key and the command
+(or file) it expects: the helper looks the key up in its own reading of alias_maps and
+refuses (deferred, nothing run or written) unless that alias lists exactly that item; it
+then delivers with the rights of the table's owner, which it checks itself.
 
 At a reload the helper also opens what mail_owner may not: a root-only TLS key (as
 certbot writes them) and a maillog_file that logrotate recreated as root.  `read_file`
@@ -58,6 +69,7 @@ Blocking (file I/O, fsync, maybe fork): the queue manager runs it in a thread.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import itertools
 import json
@@ -66,19 +78,30 @@ import pwd
 import re
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from postwall import fsutil
 from postwall.config import load as load_config
+from postwall.config.tables import Table, lookup_maps, open_maps, open_table, split_list
 from postwall.delivery import DeliveryResult, lf_lines
+from postwall.delivery.command import (
+    CommandSettings,
+    CommandTarget,
+    alias_items,
+    message_stream,
+    run_command,
+    split_recipient,
+    table_owner,
+)
 from postwall.delivery.mbox import MboxSettings, deliver_mbox, mbox_dsn, spool_identity
 
 __all__ = [
@@ -86,6 +109,7 @@ __all__ = [
     "Mailbox",
     "MessageSource",
     "deliver",
+    "deliver_alias_target",
     "deliver_local",
     "resolve_mailbox",
 ]
@@ -259,8 +283,13 @@ def deliver_local(
     original: str = "",
     stable_name: str | None = None,
     mbox: MboxSettings | None = None,
+    mailbox_command: str = "",
+    commands: CommandSettings | None = None,
+    command_maps: Sequence[Table] = (),
 ) -> DeliveryResult:
-    """Resolve `recipient` and deliver it, as the user when we are root."""
+    """Resolve `recipient` and deliver it, as the user when we are root: to the user's
+    command in mailbox_command_maps (`command_maps`), else `mailbox_command`, when set
+    (main.cf's, as the recipient), else the mailbox."""
     target = resolve_mailbox(
         recipient,
         home_mailbox=home_mailbox,
@@ -271,6 +300,12 @@ def deliver_local(
         return target
     if _helper is not None and os.geteuid() != 0:
         return _helper.deliver(message, recipient, original, stable_name)
+    if command_maps:
+        mailbox_command = lookup_maps(command_maps, target.user) or mailbox_command
+    if mailbox_command:
+        return _mailbox_command(
+            message, target, recipient, original, mailbox_command, commands or CommandSettings()
+        )
     if os.geteuid() != 0 or target.uid == 0:
         return _deliver_to(target, message, recipient, original, stable_name, mbox)
     return _deliver_as(target, message, recipient, original, stable_name, mbox)
@@ -341,13 +376,20 @@ def _deliver_as(
     settings: MboxSettings | None,
 ) -> DeliveryResult:
     """Fork, become the user, deliver, report the result through a pipe."""
+    return _in_child(
+        lambda: _deliver_as_user(target, message, recipient, original, stable_name, settings),
+        target.user,
+    )
+
+
+def _in_child(work: Callable[[], DeliveryResult], user: str) -> DeliveryResult:
     rfd, wfd = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: only os-level work, then _exit without cleanup handlers
         code = 1
         try:
             os.close(rfd)
-            r = _deliver_as_user(target, message, recipient, original, stable_name, settings)
+            r = work()
             fsutil.write_all(wfd, f"{r.status}\0{r.dsn}\0{r.text}".encode("utf-8", "replace"))
             code = 0
         finally:
@@ -363,9 +405,210 @@ def _deliver_as(
     parts = b"".join(chunks).decode("utf-8", "replace").split("\0")
     if len(parts) != 3 or parts[0] not in ("sent", "deferred", "bounced"):
         return DeliveryResult(
-            "deferred", "4.3.0", f"maildir delivery failed: delivery process for {target.user} died"
+            "deferred", "4.3.0", f"maildir delivery failed: delivery process for {user} died"
         )
     return DeliveryResult(parts[0], parts[1], parts[2])  # type: ignore[arg-type]
+
+
+def _client(message: MessageSource) -> tuple[tuple[str, str], ...]:
+    env = message.envelope
+    return tuple(
+        (name, str(getattr(env, attr, "") or ""))
+        for name, attr in (
+            ("CLIENT_HOSTNAME", "client_name"),
+            ("CLIENT_ADDRESS", "client_addr"),
+            ("CLIENT_HELO", "helo"),
+            ("CLIENT_PROTOCOL", "protocol"),
+            ("SASL_USERNAME", "sasl_username"),
+        )
+    )
+
+
+def _default_privs(name: str) -> tuple[int, int]:
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        raise LocalDeliveryNotSupported(f"default_privs: unknown user: {name}") from None
+    if pw.pw_uid == 0 or pw.pw_gid == 0:  # Postfix panics: "privileged default user id"
+        raise LocalDeliveryNotSupported(f"default_privs: {name} is privileged")
+    return pw.pw_uid, pw.pw_gid
+
+
+def _mailbox_command(
+    message: MessageSource,
+    target: Mailbox,
+    recipient: str,
+    original: str,
+    command: str,
+    settings: CommandSettings,
+) -> DeliveryResult:
+    """mailbox_command as the recipient (root's mail as default_privs, as local(8))."""
+    pw = pwd.getpwnam(target.user)
+    uid, gid = pw.pw_uid, pw.pw_gid
+    if uid == 0 or gid == 0:
+        duid, dgid = _default_privs(settings.default_privs)
+        uid, gid = uid or duid, gid or dgid
+    job = CommandTarget(
+        command=command,
+        uid=uid,
+        gid=gid,
+        user=target.user,
+        recipient=recipient,
+        sender=message.envelope.sender,
+        original=original,
+        delivered=recipient,
+        home=pw.pw_dir,
+        shell=pw.pw_shell,
+        client=_client(message),
+    )
+    return _run_in_child(job, settings, message)
+
+
+def alias_target(
+    message: MessageSource,
+    *,
+    alias_maps: tuple[str, ...],
+    config_directory: str,
+    key: str,
+    item: str,
+    address: str,
+    original: str,
+    settings: CommandSettings,
+) -> CommandTarget | DeliveryResult:
+    """A `|command` or `/file` alias target as local(8) delivers it, looked up again in
+    alias_maps: `item` must be listed under `key` there (so nobody can name another), and
+    runs as the owner of the table that lists it, or default_privs when that is root (or
+    the table is not a file).  For a file, `command` is its path."""
+    for ref in split_list(" ".join(alias_maps)):
+        value = open_table(ref, Path(config_directory), aliases=True).lookup(key)
+        if value is None:
+            continue
+        if item not in alias_items(value):
+            break
+        owner = table_owner(ref, Path(config_directory))
+        user = split_recipient(address, settings.recipient_delimiter)[2]
+        base = dict(
+            command=item[1:] if item.startswith("|") else item,
+            user=user,
+            recipient=address,
+            sender=message.envelope.sender,
+            original=original,
+            delivered=address,
+            client=_client(message),
+        )
+        if owner:
+            try:
+                pw = pwd.getpwuid(owner)
+            except KeyError:
+                return DeliveryResult(
+                    "deferred", "4.3.0", f"cannot find alias database owner for {ref}"
+                )
+            gid = pw.pw_gid or _default_privs(settings.default_privs)[1]
+            return CommandTarget(uid=owner, gid=gid, home=pw.pw_dir, shell=pw.pw_shell, **base)  # type: ignore[arg-type]
+        uid, gid = _default_privs(settings.default_privs)
+        return CommandTarget(uid=uid, gid=gid, **base)  # type: ignore[arg-type]
+    what = "command" if item.startswith("|") else "file"
+    return DeliveryResult(
+        "deferred", "4.3.0", f"alias {key}: {what} not listed in alias_maps: {item.lstrip('|')}"
+    )
+
+
+def deliver_alias_target(
+    message: MessageSource,
+    *,
+    alias_maps: tuple[str, ...],
+    config_directory: str,
+    key: str,
+    item: str,
+    address: str,
+    original: str,
+    settings: CommandSettings,
+    mbox: MboxSettings | None = None,
+) -> DeliveryResult:
+    """Deliver to a `|command` or `/file` target of alias `key` (see alias_target);
+    after the privilege drop the root helper looks it up and delivers."""
+    if _helper is not None and os.geteuid() != 0:
+        return _helper.deliver_alias(message, key, item, address, original)
+    job = alias_target(
+        message,
+        alias_maps=alias_maps,
+        config_directory=config_directory,
+        key=key,
+        item=item,
+        address=address,
+        original=original,
+        settings=settings,
+    )
+    if isinstance(job, DeliveryResult):
+        return job
+    if item.startswith("|"):
+        return _run_in_child(job, settings, message)
+    return _in_child(lambda: _deliver_file(job, message, mbox or MboxSettings()), job.user)
+
+
+def _deliver_file(job: CommandTarget, message: MessageSource, mbox: MboxSettings) -> DeliveryResult:
+    """local(8)'s file delivery, in a child: become the identity for good, then append in
+    mailbox format (a path ending in / is a Maildir).  Not a regular file (/dev/null):
+    written without locks, quoting or the final empty line, as Postfix does.  A dot-lock
+    is not attempted (Postfix tries one and goes on when it cannot be made)."""
+    os.umask(0o077)
+    if os.geteuid() == 0:
+        os.setgroups([job.gid])
+        os.setgid(job.gid)
+        os.setuid(job.uid)
+    path = job.command
+    if path.endswith("/"):
+        return deliver(message, job.recipient, maildir=Path(path), original=job.original)
+    prefix = f"cannot append message to destination file {path}: "
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        dsn = mbox_dsn(exc.errno or 0, "5.2.0")
+        return DeliveryResult(
+            "deferred" if dsn.startswith("4") else "bounced", dsn, prefix + str(exc.strerror)
+        )
+    if st is not None and st.st_mode & 0o111 and stat.S_ISREG(st.st_mode):
+        return DeliveryResult("bounced", "5.2.0", prefix + "destination file is executable")
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            try:
+                for piece in message_stream(
+                    message.iter_content(), job.sender, job.original, job.delivered
+                ):
+                    fsutil.write_all(fd, piece)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            dsn = mbox_dsn(exc.errno or 0, "5.2.0")
+            status = "deferred" if dsn.startswith("4") else "bounced"
+            return DeliveryResult(status, dsn, prefix + str(exc.strerror))  # type: ignore[arg-type]
+    else:
+        locks = tuple(lock for lock in mbox.locks if lock != "dotlock")
+        result = deliver_mbox(
+            message.iter_content(),
+            path=Path(path),
+            user=job.user,
+            uid=job.uid,
+            gid=job.gid,
+            sender=job.sender,
+            recipient=job.delivered,
+            original=job.original,
+            settings=dataclasses.replace(mbox, locks=locks, strict_owner=False),
+        )
+        if result.status != "sent":
+            why = result.text.removeprefix(f"cannot update mailbox {path} for user {job.user}. ")
+            return DeliveryResult(result.status, result.dsn, prefix + why)
+    return DeliveryResult("sent", "2.0.0", f"delivered to file: {path}")
+
+
+def _run_in_child(
+    job: CommandTarget, settings: CommandSettings, message: MessageSource
+) -> DeliveryResult:
+    """Fork (RLIMIT_FSIZE and the identity change stay in the child), run, report."""
+    return _in_child(lambda: run_command(job, settings, message.iter_content()), job.user)
 
 
 # -- the privileged delivery helper ----------------------------------------------------
@@ -476,19 +719,35 @@ class DeliveryHelper:
     def deliver(
         self, message: MessageSource, recipient: str, original: str, stable_name: str | None
     ) -> DeliveryResult:
+        request: dict[str, object] = {
+            "recipient": recipient,
+            "original": original,
+            "stable_name": stable_name,
+        }
+        return self._request(message, request)
+
+    def deliver_alias(
+        self, message: MessageSource, key: str, item: str, address: str, original: str
+    ) -> DeliveryResult:
+        """Ask for the `|command` or `/file` listed under alias `key`: the helper delivers
+        only if its own reading of alias_maps lists that item there."""
+        request: dict[str, object] = {
+            "alias": key,
+            "item": item,
+            "recipient": address,
+            "original": original,
+        }
+        return self._request(message, request)
+
+    def _request(self, message: MessageSource, request: dict[str, object]) -> DeliveryResult:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             with self._lock:
                 socket.send_fds(self._control, [b"D"], [theirs.fileno()])
             theirs.close()
-            header = json.dumps(
-                {
-                    "recipient": recipient,
-                    "original": original,
-                    "sender": message.envelope.sender,
-                    "stable_name": stable_name,
-                }
-            ).encode("utf-8", "surrogateescape")
+            request["sender"] = message.envelope.sender
+            request["client"] = list(_client(message))
+            header = json.dumps(request).encode("utf-8", "surrogateescape")
             mine.sendall(struct.pack("!I", len(header)) + header)
             for chunk in message.iter_content():
                 if chunk:
@@ -513,15 +772,20 @@ class DeliveryHelper:
 
 
 class _Sender:
-    def __init__(self, sender: str) -> None:
+    def __init__(self, sender: str, client: dict[str, str]) -> None:
         self.sender = sender
+        self.client_name = client.get("CLIENT_HOSTNAME", "")
+        self.client_addr = client.get("CLIENT_ADDRESS", "")
+        self.helo = client.get("CLIENT_HELO", "")
+        self.protocol = client.get("CLIENT_PROTOCOL", "")
+        self.sasl_username = client.get("SASL_USERNAME", "")
 
 
 class _StreamedMessage:
     """MessageSource over the framed content of one helper request."""
 
-    def __init__(self, sock: socket.socket, sender: str) -> None:
-        self.envelope = _Sender(sender)
+    def __init__(self, sock: socket.socket, sender: str, client: dict[str, str]) -> None:
+        self.envelope = _Sender(sender, client)
         self._sock = sock
 
     def iter_content(self, chunk_size: int = 65536) -> Iterator[bytes]:
@@ -548,6 +812,7 @@ def helper_main() -> None:
     control = socket.socket(fileno=int(sys.argv[1]))
     home_mailbox, spool, delimiter, config_dir, mbox = json.loads(sys.argv[2])
     mbox_settings = MboxSettings.from_list(mbox)
+    commands = _helper_commands(config_dir)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children reap themselves
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the server, which stops us
     while True:
@@ -566,14 +831,43 @@ def helper_main() -> None:
         if os.fork() == 0:
             code = 1
             try:
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # it waits for its commands
                 control.close()
                 sock = socket.socket(fileno=fds[0])
-                _serve_one(sock, home_mailbox, spool, delimiter, mbox_settings)
+                _serve_one(sock, home_mailbox, spool, delimiter, mbox_settings, commands)
                 code = 0
             finally:
                 os._exit(code)
         for fd in fds:
             os.close(fd)
+
+
+@dataclass(frozen=True)
+class _RootCommands:
+    """What the helper may run, read by the helper itself (as root) from main.cf."""
+
+    mailbox_command: str = ""
+    command_maps: tuple[Table, ...] = ()
+    settings: CommandSettings = field(default_factory=CommandSettings)
+    alias_maps: tuple[str, ...] = ()
+    error: str = ""
+
+
+def _helper_commands(config_dir: str) -> _RootCommands:
+    if not config_dir:
+        return _RootCommands()
+    try:
+        params = load_config(Path(config_dir)).params
+        maps = open_maps(params.mailbox_command_maps, Path(params.config_directory))
+    except Exception as exc:  # refuse command deliveries, never fall back to the mailbox
+        return _RootCommands(error=f"{config_dir}: {exc}")
+    return _RootCommands(
+        params.mailbox_command,
+        tuple(maps),
+        CommandSettings.from_params(params),
+        tuple(params.alias_maps),
+        "",
+    )
 
 
 _TLS_FILE = re.compile(r"(smtpd?|lmtp)_tls_\w*(file|files)")
@@ -619,13 +913,27 @@ def _serve_open(sock: socket.socket, config_dir: str, *, log: bool) -> None:
 
 
 def _serve_one(
-    sock: socket.socket, home_mailbox: str, spool: str, delimiter: str, mbox: MboxSettings
+    sock: socket.socket,
+    home_mailbox: str,
+    spool: str,
+    delimiter: str,
+    mbox: MboxSettings,
+    commands: _RootCommands,
 ) -> None:
     (size,) = struct.unpack("!I", _recv_exact(sock, 4))
     if size > _HEADER_MAX:
         return
     req = json.loads(_recv_exact(sock, size).decode("utf-8", "surrogateescape"))
     recipient, original = str(req["recipient"]), str(req["original"])
+    client = {str(k): str(v) for k, v in req.get("client", [])}
+    if "alias" in req:
+        result = _serve_alias(sock, req, commands, client, mbox)
+        fsutil.write_all(
+            sock.fileno(),
+            f"{result.status}\0{result.dsn}\0{result.text}".encode("utf-8", "replace"),
+        )
+        sock.shutdown(socket.SHUT_WR)
+        return
     stable = req.get("stable_name")
     if stable is not None and (
         not isinstance(stable, str) or "/" in stable or stable in (".", "..")
@@ -640,9 +948,18 @@ def _serve_one(
         )
     except LocalDeliveryNotSupported as exc:
         target = DeliveryResult("deferred", "4.3.0", str(exc))
-    message = _StreamedMessage(sock, str(req["sender"]))
+    message = _StreamedMessage(sock, str(req["sender"]), client)
     if isinstance(target, DeliveryResult):
         result = target
+    elif commands.error:
+        result = DeliveryResult("deferred", "4.3.5", "mail system configuration error")
+    elif command := (lookup_maps(commands.command_maps, target.user) or commands.mailbox_command):
+        try:
+            result = _mailbox_command(
+                message, target, recipient, original, command, commands.settings
+            )
+        except LocalDeliveryNotSupported as exc:  # default_privs unusable
+            result = DeliveryResult("deferred", "4.3.0", str(exc))
     elif target.uid == 0:  # root's own mail is written as root, as before the drop
         os.umask(0o077)
         result = _deliver_to(target, message, recipient, original, stable, mbox)
@@ -652,3 +969,37 @@ def _serve_one(
         sock.fileno(), f"{result.status}\0{result.dsn}\0{result.text}".encode("utf-8", "replace")
     )
     sock.shutdown(socket.SHUT_WR)
+
+
+def _serve_alias(
+    sock: socket.socket,
+    req: dict[str, object],
+    commands: _RootCommands,
+    client: dict[str, str],
+    mbox: MboxSettings,
+) -> DeliveryResult:
+    """An alias command request: run it only if the helper's own alias_maps list it."""
+    if commands.error:
+        return DeliveryResult("deferred", "4.3.5", "mail system configuration error")
+    message = _StreamedMessage(sock, str(req["sender"]), client)
+    item = str(req["item"])
+    try:
+        job = alias_target(
+            message,
+            alias_maps=commands.alias_maps,
+            config_directory=commands.settings.config_directory,
+            key=str(req["alias"]),
+            item=item,
+            address=str(req["recipient"]),
+            original=str(req["original"]),
+            settings=commands.settings,
+        )
+    except (OSError, ValueError, LocalDeliveryNotSupported) as exc:
+        return DeliveryResult("deferred", "4.3.0", f"alias {req['alias']}: {exc}")
+    if isinstance(job, DeliveryResult):
+        for _chunk in message.iter_content():  # read it all, so the refusal gets through
+            pass
+        return job
+    if item.startswith("|"):
+        return run_command(job, commands.settings, message.iter_content())
+    return _deliver_file(job, message, mbox)
