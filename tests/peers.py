@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import itertools
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -685,6 +686,32 @@ def ensure_multi_instance() -> None:
         wrapper = _run(["postconf", "-h", "multi_instance_wrapper"]).strip()
         if enabled != "yes" or not wrapper:
             _run(["postmulti", "-e", "init"])
+
+
+def run_as_nobody(work: Callable[[], object]) -> str:
+    """Run `work` in a forked child that became nobody (as the unprivileged side of the
+    server after its privilege drop, or a local user); its return value (repr) or the
+    exception it raised, as text.  Forked, not exec'ed: the interpreter stays the test's,
+    which an unprivileged user may not be able to start."""
+    nobody = pwd.getpwnam("nobody")
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(reader)
+        try:
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            result = repr(work())
+        except BaseException as exc:  # reported to the parent, never raised in the child
+            result = f"error {exc!r}"
+        os.write(writer, result.encode())
+        os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader, "rb") as f:
+        answer = f.read().decode()
+    os.waitpid(pid, 0)
+    return answer
 
 
 def list_instances() -> list[str]:

@@ -80,6 +80,38 @@ class Submission:
     # Headers from access(5)/policy PREPEND actions, above the Received header (Postfix).
     prepend: list[str] = field(default_factory=list)
 
+    @classmethod
+    def local(
+        cls,
+        sender: str,
+        recipients: list[Recipient],
+        content: bytes,
+        *,
+        uid: int,
+        full_name: str = "",
+        ret: str | None = None,
+        envid: str | None = None,
+        body_type: str | None = None,
+    ) -> Submission:
+        """A message a local user submits (sendmail, pickup): no client, no HELO."""
+        return cls(
+            queue_id="",
+            sender=sender,
+            recipients=recipients,
+            content=content,
+            arrival_time=time.time(),
+            client_name="",
+            client_addr="",
+            client_port=0,
+            helo=None,
+            protocol="",
+            ret=ret,
+            envid=envid,
+            body_type=body_type,
+            uid=uid,
+            full_name=full_name,
+        )
+
 
 class Cleanup:
     def __init__(

@@ -29,7 +29,6 @@ import json
 import os
 import socket
 import struct
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -246,20 +245,13 @@ def _submission(header: dict[str, object], content: bytes, uid: int) -> Submissi
     if not recipients:
         raise ValueError("no recipients")
     sender = _address(text("sender") or "")
-    return Submission(
-        queue_id="",
-        sender=sender,
-        recipients=recipients,
-        content=content,
-        arrival_time=time.time(),
-        client_name="",
-        client_addr="",
-        client_port=0,
-        helo=None,
-        protocol="",
+    return Submission.local(
+        sender,
+        recipients,
+        content,
+        uid=uid,  # the kernel's word, not the request's
+        full_name=text("full_name") or "",
         ret=text("ret"),
         envid=text("envid"),
         body_type=text("body_type"),
-        uid=uid,  # the kernel's word, not the request's
-        full_name=text("full_name") or "",
     )

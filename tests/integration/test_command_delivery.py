@@ -5,6 +5,7 @@ tables names: a request naming another command is refused)."""
 
 from __future__ import annotations
 
+import ast
 import os
 import pwd
 import shutil
@@ -210,32 +211,20 @@ def test_root_helper_runs_only_configured_commands(work: Path) -> None:
         recipient_delimiter="",
         config_dir=str(conf),
     )
-    nobody = pwd.getpwnam("nobody")
-    reader, writer = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the unprivileged side, as after the drop
-        os.close(reader)
+
+    def unprivileged_side() -> str:  # as after the drop
         result = []
-        try:
-            os.setgroups([])
-            os.setgid(nobody.pw_gid)
-            os.setuid(nobody.pw_uid)
-            for key, command in (
-                ("list", f"|touch {pwned}"),  # not what alias_maps lists
-                ("list", str(pwned)),  # nor is this file
-                ("other", f"|{rec} listed"),  # listed, but under another alias
-                ("list", f"|{rec} listed"),
-            ):
-                r = helper.deliver_alias(_Message(), key, command, f"{key}@localhost", "")
-                result.append(f"{r.status} {r.dsn} {r.text}")
-        except BaseException as exc:  # reported to the parent, never raised in the child
-            result.append(f"error {exc!r}")
-        os.write(writer, "|".join(result).encode())
-        os._exit(0)
-    os.close(writer)
-    with os.fdopen(reader, "rb") as f:
-        answer = f.read().decode()
-    os.waitpid(pid, 0)
+        for key, command in (
+            ("list", f"|touch {pwned}"),  # not what alias_maps lists
+            ("list", str(pwned)),  # nor is this file
+            ("other", f"|{rec} listed"),  # listed, but under another alias
+            ("list", f"|{rec} listed"),
+        ):
+            r = helper.deliver_alias(_Message(), key, command, f"{key}@localhost", "")
+            result.append(f"{r.status} {r.dsn} {r.text}")
+        return "|".join(result)
+
+    answer = ast.literal_eval(peers.run_as_nobody(unprivileged_side))
     helper.stop()
     assert answer.split("|") == [
         f"deferred 4.3.0 alias list: command not listed in alias_maps: touch {pwned}",

@@ -5,6 +5,7 @@ still lands in each user's Maildir, owned by that user, through the root deliver
 
 from __future__ import annotations
 
+import ast
 import os
 import pwd
 import shutil
@@ -13,7 +14,6 @@ import smtplib
 import socket
 import ssl
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -188,39 +188,26 @@ def test_root_helper_opens_only_what_the_configuration_names(workdir: Path) -> N
         recipient_delimiter="",
         config_dir=str(conf),
     )
-    nobody = pwd.getpwnam("nobody")
-    reader, writer = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the unprivileged side, as after the drop
-        os.close(reader)
-        result = []
-        try:
-            os.setgroups([])
-            os.setgid(nobody.pw_gid)
-            os.setuid(nobody.pw_uid)
-            result.append(helper.read_file(str(key)).decode())
-            for path in ("/etc/shadow", str(other)):
-                try:
-                    helper.read_file(path)
-                    result.append(f"read {path}")
-                except PermissionError:
-                    result.append("refused")
-            fd = helper.open_log(str(log))
-            os.write(fd, b"appended by nobody\n")
-            os.close(fd)
+
+    def unprivileged_side() -> str:  # as after the drop
+        result = [helper.read_file(str(key)).decode()]
+        for path in ("/etc/shadow", str(other)):
             try:
-                helper.open_log(str(other))
-                result.append("opened other for writing")
+                helper.read_file(path)
+                result.append(f"read {path}")
             except PermissionError:
                 result.append("refused")
-        except BaseException as exc:  # reported to the parent, never raised in the child
-            result.append(f"error {exc!r}")
-        os.write(writer, "|".join(result).encode())
-        os._exit(0)
-    os.close(writer)
-    with os.fdopen(reader, "rb") as f:
-        answer = f.read().decode()
-    os.waitpid(pid, 0)
+        fd = helper.open_log(str(log))
+        os.write(fd, b"appended by nobody\n")
+        os.close(fd)
+        try:
+            helper.open_log(str(other))
+            result.append("opened other for writing")
+        except PermissionError:
+            result.append("refused")
+        return "|".join(result)
+
+    answer = ast.literal_eval(peers.run_as_nobody(unprivileged_side))
     helper.stop()
     assert answer.split("|") == [
         "-----BEGIN PRIVATE KEY-----\nroot only\n",
@@ -230,31 +217,6 @@ def test_root_helper_opens_only_what_the_configuration_names(workdir: Path) -> N
     ]
     assert log.read_bytes() == b"appended by nobody\n"
     assert other.read_bytes() == b"not named anywhere\n"
-
-
-def _as_nobody(work: Callable[[], object]) -> str:
-    """Run `work` in a child that became nobody (as a local user's sendmail runs); its
-    return value or exception, as text.  Forked, not exec'ed: the interpreter stays the
-    test's, which an unprivileged user may not be able to start."""
-    nobody = pwd.getpwnam("nobody")
-    reader, writer = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(reader)
-        try:
-            os.setgroups([])
-            os.setgid(nobody.pw_gid)
-            os.setuid(nobody.pw_uid)
-            result = repr(work())
-        except BaseException as exc:  # reported to the parent, never raised in the child
-            result = f"error {exc!r}"
-        os.write(writer, result.encode())
-        os._exit(0)
-    os.close(writer)
-    with os.fdopen(reader, "rb") as f:
-        answer = f.read().decode()
-    os.waitpid(pid, 0)
-    return answer
 
 
 def test_a_local_user_submits_through_the_server(workdir: Path) -> None:
@@ -287,7 +249,7 @@ def test_a_local_user_submits_through_the_server(workdir: Path) -> None:
             sys.stdin = open(0, closefd=False)  # noqa: SIM115 - the child's stdin, once
             return sendmail.main(["-C", conf, "root@localhost"])
 
-        assert _as_nobody(send) == "0"
+        assert peers.run_as_nobody(send) == "0"
         server.wait_log(r"postfix-postwall/pickup\[\d+\]: [0-9A-F]+: uid=65534 from=<nobody@")
         [msg] = peers.wait_maildir(server.maildir("root"))
         assert b"from userid 65534)" in msg and b"Subject: from a user" in msg
@@ -295,7 +257,7 @@ def test_a_local_user_submits_through_the_server(workdir: Path) -> None:
         # The request cannot smuggle SMTP through an address, nor exceed the size limit.
         bad = pickup.Request("nobody@postwall.test", [Recipient("x@y>\r\nDATA")], b"x\r\n")
         big = pickup.Request("nobody@postwall.test", [Recipient("root@localhost")], b"x" * 200000)
-        answers = _as_nobody(
+        answers = peers.run_as_nobody(
             lambda: [_pickup_answer(pickup, queue, request) for request in (bad, big)]
         )
         assert "refused 5.5.4 Error: malformed submission: bad address syntax" in answers

@@ -544,22 +544,15 @@ def _enqueue(opts: Options, env: _Env) -> int:
     # Postfix removes Bcc (and Resent-Bcc) from locally submitted mail, -t or not.
     kept = [h for h in headers if _header_name(h) not in ("bcc", "resent-bcc")]
     content = b"".join(kept) + rest
-    sub = Submission(
-        queue_id="",
-        sender=resolver.qualify(sender),
-        recipients=_recipients(rcpts, resolver, opts.notify),
-        content=content,
-        arrival_time=time.time(),
-        client_name="",
-        client_addr="",
-        client_port=0,
-        helo=None,
-        protocol="",
+    sub = Submission.local(
+        resolver.qualify(sender),
+        _recipients(rcpts, resolver, opts.notify),
+        content,
+        uid=env.uid,
+        full_name=_full_name(opts, env),
         ret=opts.ret,
         envid=opts.envid,
         body_type=opts.body_type,
-        uid=env.uid,
-        full_name=_full_name(opts, env),
     )
     queue_dir = Path(params.queue_directory)
     if not _writes_queue(env):
