@@ -17,8 +17,8 @@ then an 8-byte length and the content (CRLF lines).  Master -> client: one line,
 
 Bounds: a header over 64 KiB, content over message_size_limit, or a request that does
 not arrive within smtpd_timeout is refused (552 or 421 text) and the connection closed;
-at most 64 submissions are read at once.  Callers: master.py (`listen`), the sendmail
-tool (`submit`).
+at most 64 submissions are read at once, a connection beyond that is told 421 at once.
+Callers: master.py (`listen`), the sendmail tool (`submit`).
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ class PickupServer:
         self.cleanup = cleanup
         self.log = log
         self.server: asyncio.AbstractServer | None = None
-        self._slots = asyncio.Semaphore(_MAX_CLIENTS)
+        self._active = 0
 
     async def listen(self, directory: str | os.PathLike[str]) -> None:
         path = socket_path(directory)
@@ -171,16 +171,23 @@ class PickupServer:
             os.unlink(socket_path(directory))
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        async with self._slots:
+        if self._active >= _MAX_CLIENTS:
+            # A local user holding connections open must not use up the descriptors the
+            # SMTP service needs: the excess is told at once, as maxproc's 421 does.
+            reply = "421 4.3.2 Error: too many local submissions at once, try again later"
+        else:
+            self._active += 1
             try:
                 reply = await self._take(reader, writer)
             except Exception as exc:  # never a traceback to the user, never a dead master
                 self.log.warning(PICKUP, f"local submission failed: {exc!r}")
                 reply = "451 4.3.0 Error: internal error"
-            with contextlib.suppress(OSError):
-                writer.write(reply.encode("utf-8", "replace") + b"\n")
-                await writer.drain()
-            writer.close()
+            finally:
+                self._active -= 1
+        with contextlib.suppress(OSError):
+            writer.write(reply.encode("utf-8", "replace") + b"\n")
+            await writer.drain()
+        writer.close()
 
     async def _take(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
         uid = _peer_uid(writer)
