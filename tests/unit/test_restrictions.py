@@ -94,7 +94,7 @@ def test_open_relay_configurations_refuse_to_start(tmp_path: Path) -> None:
         {"smtpd_client_restrictions": "check_client_a_access texthash:x"},
         {"smtpd_recipient_restrictions": "reject_unverified_recipient, reject"},
         {"smtpd_helo_restrictions": "check_helo_access cidr:/x"},
-        {"smtpd_end_of_data_restrictions": "reject"},
+        {"smtpd_end_of_data_restrictions": "check_client_mx_access texthash:x"},
     ],
 )
 def test_unknown_restrictions_stop_start_up(tmp_path: Path, setting: dict[str, str]) -> None:

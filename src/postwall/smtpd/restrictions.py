@@ -64,6 +64,7 @@ SENDER = "Sender address"
 RECIPIENT = "Recipient address"
 ETRN = "Etrn command"
 DATA = "Data command"
+EOD = "End-of-data"
 CCERT = "Client certificate"
 SASL = "SASL login name"
 
@@ -224,8 +225,6 @@ class Restrictions:
         self._compiling: set[str] = set()
         for name in self._class_defs:
             self._class_items(name)
-        if params.smtpd_end_of_data_restrictions:
-            raise NotSupported("smtpd_end_of_data_restrictions: not supported by postwall yet")
         self.client = self._compile("smtpd_client_restrictions", "check_client_access")
         self.helo_list = self._compile("smtpd_helo_restrictions", "check_helo_access")
         self.sender = self._compile("smtpd_sender_restrictions", "check_sender_access")
@@ -233,6 +232,7 @@ class Restrictions:
         self.recipient = self._compile("smtpd_recipient_restrictions", "check_recipient_access")
         self.etrn_list = self._compile("smtpd_etrn_restrictions", "check_etrn_access")
         self.data_list = self._compile("smtpd_data_restrictions", None)
+        self.eod_list = self._compile("smtpd_end_of_data_restrictions", None)
         if not _has_required(params.smtpd_recipient_restrictions) and not _has_required(
             params.smtpd_relay_restrictions
         ):
@@ -417,6 +417,14 @@ class Restrictions:
         ctx = _Ctx(c, "DATA", recipient=last_recipient if c.rcpt_count <= 1 else None)
         self._reset(ctx)
         status = await self._guarded(ctx, self.data_list, "DATA", DATA)
+        return Decision(self._finish(ctx, status), ctx.notices)
+
+    async def end_of_data(self, c: ClientState, last_recipient: str | None = None) -> Decision:
+        """smtpd_end_of_data_restrictions, once the content is in (Postfix's
+        smtpd_check_eod: reply name END-OF-MESSAGE, class End-of-data)."""
+        ctx = _Ctx(c, "END-OF-MESSAGE", recipient=last_recipient if c.rcpt_count <= 1 else None)
+        self._reset(ctx)
+        status = await self._guarded(ctx, self.eod_list, "END-OF-MESSAGE", EOD)
         return Decision(self._finish(ctx, status), ctx.notices)
 
     def vrfy(self, c: ClientState, address: str) -> Decision:

@@ -524,9 +524,27 @@ class SmtpSession(asyncio.Protocol):
             prepend=self.prepend,
         )
         self.prepend = []
+        if self.svc.restrictions.eod_list:
+            self.client.extra["size"] = str(len(event.content))  # the policy request's size=
+            check = self.svc.restrictions.end_of_data(self.client, self.last_recipient)
+            self._decide(check, lambda decision: self._after_eod(decision, sub, event.bdat))
+            return
         self.queue_id = None
         self.busy = True
         self.loop.create_task(self._commit(sub, event.bdat))
+
+    def _after_eod(self, decision: Decision, sub: Submission, bdat: bool) -> None:
+        self._log_notices("END-OF-MESSAGE", decision)
+        if decision.reply is not None:
+            self._reject("END-OF-MESSAGE", decision.reply)  # logged with the queue id
+            self.svc.cleanup.release_queue_id(sub.queue_id)
+            self.queue_id = None
+            return
+        sub.prepend = sub.prepend + self.prepend  # PREPEND at end of data, as Postfix
+        self.prepend = []
+        self.queue_id = None
+        self.busy = True
+        self.loop.create_task(self._commit(sub, bdat))
 
     async def _commit(self, sub: Submission, bdat: bool) -> None:
         try:
