@@ -339,3 +339,39 @@ def test_request_limit_and_a_server_that_hangs_up_after_each_reply(  # type: ign
     # A pooled connection the server closed is replaced at once: no retry, no warning.
     assert len(hangup.requests) == 3 and hangup.connections == 3
     assert "warning" not in server.log_text().partition("daemon started")[2]
+
+
+def test_end_of_message_requests_carry_the_real_size(postwall_factory, policy_servers):  # type: ignore[no-untyped-def]
+    """smtpd_end_of_data_restrictions: the policy server sees END-OF-MESSAGE with the
+    message's size (not SIZE=), in the transaction's instance, and may still refuse it."""
+
+    def answer(request: dict[str, str]) -> bytes:
+        refuse = request["protocol_state"] == "END-OF-MESSAGE" and int(request["size"]) > 5000
+        return b"action=REJECT too big for you\n\n" if refuse else b"action=DUNNO\n\n"
+
+    policy = policy_servers(answer)
+    server = _server(
+        postwall_factory,
+        f"check_policy_service {policy.endpoint}",
+        smtpd_end_of_data_restrictions=f"check_policy_service {policy.endpoint}",
+    )
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as smtp:
+        smtp.ehlo("client.example")
+        small = peers.simple_message("small", "sender@example.org", "root@postwall.test")
+        smtp.mail("sender@example.org", ["SIZE=99999"])
+        smtp.rcpt("root@postwall.test")
+        assert smtp.data(small)[0] == 250
+        smtp.mail("sender@example.org")
+        smtp.rcpt("root@postwall.test")
+        code, text = smtp.data(small + b"x" * 6000 + b"\r\n")
+        assert (code, text) == (
+            554,
+            b"5.7.1 <END-OF-MESSAGE>: End-of-data rejected: too big for you",
+        )
+    eom = [r for r in policy.requests if r["protocol_state"] == "END-OF-MESSAGE"]
+    rcpt = [r for r in policy.requests if r["protocol_state"] == "RCPT"]
+    assert len(eom) == 2 and eom[0]["instance"] == rcpt[0]["instance"]
+    assert int(eom[0]["size"]) == len(small.replace(b"\n", b"\r\n")) or int(eom[0]["size"]) < 5000
+    assert int(eom[1]["size"]) > 6000
+    server.wait_log(r"reject: END-OF-MESSAGE from \S+: 554 5\.7\.1 <END-OF-MESSAGE>: End-of-data")
+    assert len(peers.wait_maildir(server.maildir("root"), 1)) == 1

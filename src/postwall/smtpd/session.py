@@ -524,27 +524,38 @@ class SmtpSession(asyncio.Protocol):
             prepend=self.prepend,
         )
         self.prepend = []
+        self.busy = True
         if self.svc.restrictions.eod_list:
             self.client.extra["size"] = str(len(event.content))  # the policy request's size=
-            check = self.svc.restrictions.end_of_data(self.client, self.last_recipient)
-            self._decide(check, lambda decision: self._after_eod(decision, sub, event.bdat))
+            self.loop.create_task(self._end_of_data(sub, event.bdat))
             return
         self.queue_id = None
-        self.busy = True
         self.loop.create_task(self._commit(sub, event.bdat))
 
-    def _after_eod(self, decision: Decision, sub: Submission, bdat: bool) -> None:
-        self._log_notices("END-OF-MESSAGE", decision)
-        if decision.reply is not None:
-            self._reject("END-OF-MESSAGE", decision.reply)  # logged with the queue id
-            self.svc.cleanup.release_queue_id(sub.queue_id)
-            self.queue_id = None
+    async def _end_of_data(self, sub: Submission, bdat: bool) -> None:
+        """smtpd_end_of_data_restrictions, then the commit; the core waits for the one
+        answer to the message throughout (busy), whether the check suspends or not."""
+        try:
+            if self.svc.restrictions.uses_policy:
+                self._policy_attributes()
+            decision = await self.svc.restrictions.end_of_data(self.client, self.last_recipient)
+            if self.closed:
+                self.svc.cleanup.release_queue_id(sub.queue_id)
+                return
+            self._log_notices("END-OF-MESSAGE", decision)
+            if decision.reply is not None:
+                self._reject("END-OF-MESSAGE", decision.reply)  # logged with the queue id
+                self.svc.cleanup.release_queue_id(sub.queue_id)
+                self.queue_id = None
+                self._resume()
+                return
+        except Exception as exc:
+            self._crash(exc)
             return
         sub.prepend = sub.prepend + self.prepend  # PREPEND at end of data, as Postfix
         self.prepend = []
         self.queue_id = None
-        self.busy = True
-        self.loop.create_task(self._commit(sub, bdat))
+        await self._commit(sub, bdat)
 
     async def _commit(self, sub: Submission, bdat: bool) -> None:
         try:
