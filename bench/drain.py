@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
-import json
 import os
 import re
 import shlex
@@ -916,10 +915,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             print(f"kept {workdir} (configs, postwall logs) for inspection", file=sys.stderr)
-    results["loadavg_at_end"] = Path("/proc/loadavg").read_text().split()[:3]
-    args.results.mkdir(parents=True, exist_ok=True)
-    out = args.results / f"drain-{started}.json"
-    out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    out = servers.save_results(results, args.results, f"drain-{started}.json")
     print(table(results))
     print(f"raw figures: {out}")
     return 0 if ok else 1

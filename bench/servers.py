@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 import os
 import shlex
 import signal
@@ -573,6 +574,15 @@ class PostwallServer(Server):
 
 
 # ------------------------------------------------------------- disk reference
+
+
+def save_results(results: dict[str, Any], directory: Path, name: str) -> Path:
+    """Add the load average at the end and write `results` as `directory/name` (JSON)."""
+    results["loadavg_at_end"] = Path("/proc/loadavg").read_text().split()[:3]
+    directory.mkdir(parents=True, exist_ok=True)
+    out = directory / name
+    out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    return out
 
 
 def durable_commit_rate(directory: Path, count: int = 300, limit: float = 5.0) -> dict[str, Any]:

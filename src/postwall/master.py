@@ -42,7 +42,6 @@ from postwall.delivery.agents import (
     retry_agent,
 )
 from postwall.delivery.local import DeliveryHelper
-from postwall.delivery.mbox import MboxSettings
 from postwall.delivery.smtp import SmtpAgent
 from postwall.log import MailLog
 from postwall.pickup import PickupServer
@@ -404,7 +403,6 @@ class Master:
             mail_spool_directory=params.mail_spool_directory,
             recipient_delimiter=params.recipient_delimiter,
             config_dir=str(self.config_dir),
-            mbox=MboxSettings.from_params(params),
         )
         # A reload must still read root-only keys: the helper reads what main.cf names.
         tls_certs.set_file_reader(self.helper.read_file)

@@ -29,9 +29,7 @@ import json
 import os
 import socket
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from postwall import fsutil, logfmt
 from postwall.cleanup import Cleanup, Submission
@@ -52,22 +50,6 @@ class PickupError(Exception):
     def __init__(self, text: str, temporary: bool = True) -> None:
         super().__init__(text)
         self.temporary = temporary
-
-
-def socket_path(directory: str | os.PathLike[str]) -> Path:
-    return Path(directory) / wakeup.PUBLIC / PICKUP
-
-
-@contextlib.contextmanager
-def _short_name(directory: str | os.PathLike[str]) -> Iterator[str]:
-    """sockaddr_un holds 108 bytes: name the socket through a descriptor of public/
-    (O_PATH: a user may search public/, not list it)."""
-    flags = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
-    fd = os.open(Path(directory) / wakeup.PUBLIC, flags)
-    try:
-        yield f"/proc/self/fd/{fd}/{PICKUP}"
-    finally:
-        os.close(fd)
 
 
 # -- the client: postwall sendmail run by a user -------------------------------------
@@ -107,11 +89,11 @@ def submit(directory: str | os.PathLike[str], request: Request, timeout: float =
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
         sock.settimeout(timeout)
         try:
-            with _short_name(directory) as name:
+            with wakeup.short_name(directory, PICKUP) as name:
                 sock.connect(name)
         except OSError as exc:
             raise PickupError(
-                f"cannot reach the postwall server at {socket_path(directory)}: "
+                f"cannot reach the postwall server at {wakeup.socket_path(directory, PICKUP)}: "
                 f"{exc.strerror or exc} (is it running?)"
             ) from None
         try:
@@ -145,7 +127,7 @@ class PickupServer:
         self._active = 0
 
     async def listen(self, directory: str | os.PathLike[str]) -> None:
-        path = socket_path(directory)
+        path = wakeup.socket_path(directory, PICKUP)
         # Any local user may submit, as with Postfix's postdrop: let them reach public/.
         os.chmod(directory, 0o711)
         fsutil.ensure_dir(path.parent, 0o711)
@@ -154,7 +136,7 @@ class PickupServer:
             os.unlink(path)  # stale from a crash
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
-            with _short_name(directory) as name:
+            with wakeup.short_name(directory, PICKUP) as name:
                 sock.bind(name)
             os.chmod(path, 0o666)
             sock.listen(64)
@@ -168,7 +150,7 @@ class PickupServer:
         if self.server is not None:
             self.server.close()
         with contextlib.suppress(OSError):
-            os.unlink(socket_path(directory))
+            os.unlink(wakeup.socket_path(directory, PICKUP))
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._active >= _MAX_CLIENTS:

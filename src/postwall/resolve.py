@@ -241,9 +241,7 @@ class AddressResolver:
         keys.append("*")
         for i, key in enumerate(keys):
             for table in self._transport_maps:
-                if i and not table.fixed:  # regexp:, pcre: see the full address only
-                    continue
-                value = table.lookup(key)
+                value = table.query(key, partial=i > 0)
                 if value is not None:
                     return value
         return None

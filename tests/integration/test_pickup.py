@@ -8,7 +8,7 @@ from pathlib import Path
 
 import peers
 from postwall import pickup
-from postwall.queue import Recipient
+from postwall.queue import Recipient, wakeup
 
 
 def test_connections_held_open_cannot_starve_the_server(
@@ -25,7 +25,7 @@ def test_connections_held_open_cannot_starve_the_server(
     try:
         for _ in range(64):
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            with pickup._short_name(queue) as name:
+            with wakeup.short_name(queue, pickup.PICKUP) as name:
                 sock.connect(name)
             idle.append(sock)
         peers.wait_for(

@@ -146,6 +146,9 @@ def test_command_delivery_matches_postfix(
             _send(postfix.port)
             for rcpt in RECIPIENTS:
                 postfix.wait_log(rf"to=<{re.escape(rcpt)}>, relay=local, .*status=")
+            # inc@ is "forwarded as" a new message: wait until that one's command is done
+            # too, or its recording may still be half written.
+            postfix.wait_log(r"to=<nobody@localhost>, orig_to=<inc@localhost>, .*status=")
             theirs_log = _statuses(postfix.log_text())
             theirs = _recorded(work, str(postfix.queue_dir), str(postfix.config_dir))
         finally:

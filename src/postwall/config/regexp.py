@@ -330,48 +330,29 @@ def _parse_result(text: str) -> tuple[str | int, ...]:
     return tuple(parts)
 
 
+# Each flag letter toggles its default (regexp_table(5), pcre_table(5)); pcre's A
+# (anchored) is applied by the caller, X is obsolete (warned about).
+_FLAG_DEFAULTS = {
+    "regexp": {"i": True, "m": False, "x": True},
+    "pcre": {"i": True, "s": True, "m": False, "x": False, "U": False, "E": False},
+}
+
+
 def _compile(kind: str, source: str, flags: str) -> re.Pattern[str]:
-    options = re.ASCII
+    on = dict(_FLAG_DEFAULTS[kind])
+    for f in flags:
+        if f in on:
+            on[f] = not on[f]
+    options = re.ASCII | (re.IGNORECASE if on["i"] else 0)
     if kind == "regexp":
-        icase, newline, extended = True, False, True
-        for f in flags:
-            if f == "i":
-                icase = not icase
-            elif f == "m":
-                newline = not newline
-            elif f == "x":
-                extended = not extended
-        python = _posix_to_python(source, extended=extended, newline=newline)
-        options |= (re.IGNORECASE if icase else 0) | (re.MULTILINE if newline else re.DOTALL)
+        python = _posix_to_python(source, extended=on["x"], newline=on["m"])
+        options |= re.MULTILINE if on["m"] else re.DOTALL
     else:
-        icase, dotall, multiline, verbose, ungreedy, dollar_end = (
-            True,
-            True,
-            False,
-            False,
-            False,
-            False,
-        )
-        for f in flags:
-            if f == "i":
-                icase = not icase
-            elif f == "m":
-                multiline = not multiline
-            elif f == "s":
-                dotall = not dotall
-            elif f == "x":
-                verbose = not verbose
-            elif f == "U":
-                ungreedy = not ungreedy
-            elif f == "E":
-                dollar_end = not dollar_end
-            # A (anchored) is applied by the caller, X is obsolete (warned about).
-        python = _pcre_to_python(source, ungreedy=ungreedy, dollar_end=dollar_end and not multiline)
+        python = _pcre_to_python(source, ungreedy=on["U"], dollar_end=on["E"] and not on["m"])
         options |= (
-            (re.IGNORECASE if icase else 0)
-            | (re.DOTALL if dotall else 0)
-            | (re.MULTILINE if multiline else 0)
-            | (re.VERBOSE if verbose else 0)
+            (re.DOTALL if on["s"] else 0)
+            | (re.MULTILINE if on["m"] else 0)
+            | (re.VERBOSE if on["x"] else 0)
         )
     try:
         return re.compile(python, options)

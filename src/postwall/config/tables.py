@@ -53,6 +53,15 @@ class Table:
     def lookup(self, key: str) -> str | None:
         raise NotImplementedError
 
+    def query(self, key: str, partial: bool = False) -> str | None:
+        """`lookup` for one key of a search: a pattern table answers the whole string
+        only, never the partial keys (parent domains, `user@`, address prefixes) that
+        access(5), transport(5) and mail_addr_find() searches go on to (Postfix's
+        DICT_FLAG_PATTERN)."""
+        if partial and not self.fixed:
+            return None
+        return self.lookup(key)
+
     def results(self) -> list[str]:
         return []
 

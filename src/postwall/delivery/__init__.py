@@ -7,11 +7,12 @@ recipient completion or a bounce/defer.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["DeliveryResult", "DeliveryStatus", "lf_lines"]
+__all__ = ["DeliveryResult", "DeliveryStatus", "copy_head", "lf_lines"]
 
 DeliveryStatus = Literal["sent", "deferred", "bounced"]
 
@@ -49,3 +50,12 @@ def lf_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
         last = carry
     if last != b"\n":
         yield b"\n"
+
+
+def copy_head(sender: str, original: str, delivered: str, *, from_line: bool = False) -> bytes:
+    """What local(8)'s mail_copy() writes before a delivered message: the UNIX From_
+    line (mailbox files and commands; MAILER-DAEMON for the null sender, asctime date),
+    then Return-Path, X-Original-To and Delivered-To."""
+    head = f"From {sender or 'MAILER-DAEMON'}  {time.asctime()}\n" if from_line else ""
+    head += f"Return-Path: <{sender}>\nX-Original-To: {original}\nDelivered-To: {delivered}\n"
+    return head.encode("utf-8", "surrogateescape")

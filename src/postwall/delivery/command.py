@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from postwall.config.maincf import Expander, ExpandError
-from postwall.delivery import DeliveryResult, lf_lines
+from postwall.delivery import DeliveryResult, copy_head, lf_lines
 
 __all__ = [
     "EXIT_CODES",
@@ -341,13 +341,7 @@ def message_stream(
     chunks: Iterator[bytes], sender: str, original: str, delivered: str
 ) -> Iterator[bytes]:
     """The command's standard input (see the module docstring)."""
-    head = (
-        f"From {sender or 'MAILER-DAEMON'}  {time.asctime()}\n"
-        f"Return-Path: <{sender}>\n"
-        f"X-Original-To: {original or delivered}\n"
-        f"Delivered-To: {delivered}\n"
-    )
-    yield head.encode("utf-8", "surrogateescape")
+    yield copy_head(sender, original or delivered, delivered, from_line=True)
     yield from lf_lines(chunks)
 
 

@@ -92,7 +92,7 @@ from typing import Protocol
 from postwall import fsutil
 from postwall.config import load as load_config
 from postwall.config.tables import Table, lookup_maps, open_maps, open_table, split_list
-from postwall.delivery import DeliveryResult, lf_lines
+from postwall.delivery import DeliveryResult, copy_head, lf_lines
 from postwall.delivery.command import (
     CommandSettings,
     CommandTarget,
@@ -191,13 +191,10 @@ def deliver(
     except OSError as exc:
         return _failed(exc, "5.2.0", f"create maildir file {tmpfile}")
     sender = message.envelope.sender
-    head = f"Return-Path: <{sender}>\n"
-    if original or recipient:
-        head += f"X-Original-To: {original or recipient}\n"
-    head += f"Delivered-To: {delivered_to or recipient}\n"
+    head = copy_head(sender, original or recipient, delivered_to or recipient)
     try:
         try:
-            fsutil.write_all(fd, head.encode("utf-8", "surrogateescape"))
+            fsutil.write_all(fd, head)
             for piece in lf_lines(message.iter_content()):
                 fsutil.write_all(fd, piece)
             os.fsync(fd)
@@ -634,7 +631,6 @@ class DeliveryHelper:
         mail_spool_directory: str,
         recipient_delimiter: str,
         config_dir: str = "",
-        mbox: MboxSettings | None = None,
     ) -> DeliveryHelper:
         """Start the helper (we must still be root) and route deliver_local() through it;
         `config_dir` is where it finds the TLS files it may read for us."""
@@ -646,7 +642,6 @@ class DeliveryHelper:
                 mail_spool_directory,
                 recipient_delimiter,
                 config_dir,
-                (mbox or MboxSettings()).as_list(),
             ]
         )
         proc = subprocess.Popen(
@@ -810,8 +805,7 @@ def helper_main() -> None:
     """The root helper's loop: one forked child per delivery request, until the
     unprivileged side closes the control socket (it stopped, or died)."""
     control = socket.socket(fileno=int(sys.argv[1]))
-    home_mailbox, spool, delimiter, config_dir, mbox = json.loads(sys.argv[2])
-    mbox_settings = MboxSettings.from_list(mbox)
+    home_mailbox, spool, delimiter, config_dir = json.loads(sys.argv[2])
     commands = _helper_commands(config_dir)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children reap themselves
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the server, which stops us
@@ -834,7 +828,7 @@ def helper_main() -> None:
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # it waits for its commands
                 control.close()
                 sock = socket.socket(fileno=fds[0])
-                _serve_one(sock, home_mailbox, spool, delimiter, mbox_settings, commands)
+                _serve_one(sock, home_mailbox, spool, delimiter, commands)
                 code = 0
             finally:
                 os._exit(code)
@@ -844,13 +838,15 @@ def helper_main() -> None:
 
 @dataclass(frozen=True)
 class _RootCommands:
-    """What the helper may run, read by the helper itself (as root) from main.cf."""
+    """What the helper may run, and how it writes mailboxes, read by the helper itself
+    (as root) from main.cf."""
 
     mailbox_command: str = ""
     command_maps: tuple[Table, ...] = ()
     settings: CommandSettings = field(default_factory=CommandSettings)
     alias_maps: tuple[str, ...] = ()
     error: str = ""
+    mbox: MboxSettings = field(default_factory=MboxSettings)
 
 
 def _helper_commands(config_dir: str) -> _RootCommands:
@@ -867,6 +863,7 @@ def _helper_commands(config_dir: str) -> _RootCommands:
         CommandSettings.from_params(params),
         tuple(params.alias_maps),
         "",
+        MboxSettings.from_params(params),
     )
 
 
@@ -917,9 +914,9 @@ def _serve_one(
     home_mailbox: str,
     spool: str,
     delimiter: str,
-    mbox: MboxSettings,
     commands: _RootCommands,
 ) -> None:
+    mbox = commands.mbox
     (size,) = struct.unpack("!I", _recv_exact(sock, 4))
     if size > _HEADER_MAX:
         return
@@ -927,7 +924,7 @@ def _serve_one(
     recipient, original = str(req["recipient"]), str(req["original"])
     client = {str(k): str(v) for k, v in req.get("client", [])}
     if "alias" in req:
-        result = _serve_alias(sock, req, commands, client, mbox)
+        result = _serve_alias(sock, req, commands, client)
         fsutil.write_all(
             sock.fileno(),
             f"{result.status}\0{result.dsn}\0{result.text}".encode("utf-8", "replace"),
@@ -976,7 +973,6 @@ def _serve_alias(
     req: dict[str, object],
     commands: _RootCommands,
     client: dict[str, str],
-    mbox: MboxSettings,
 ) -> DeliveryResult:
     """An alias command request: run it only if the helper's own alias_maps list it."""
     if commands.error:
@@ -1002,4 +998,4 @@ def _serve_alias(
         return job
     if item.startswith("|"):
         return run_command(job, commands.settings, message.iter_content())
-    return _deliver_file(job, message, mbox)
+    return _deliver_file(job, message, commands.mbox)

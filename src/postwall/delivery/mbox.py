@@ -36,7 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from postwall import fsutil
-from postwall.delivery import DeliveryResult, lf_lines
+from postwall.config.params import Params
+from postwall.delivery import DeliveryResult, copy_head, lf_lines
 
 _FROM = b"From "
 
@@ -53,38 +54,14 @@ class MboxSettings:
     strict_owner: bool = True  # strict_mailbox_ownership
 
     @classmethod
-    def from_params(cls, params: object) -> MboxSettings:
+    def from_params(cls, params: Params) -> MboxSettings:
         return cls(
-            locks=tuple(
-                w.lower() for w in getattr(params, "mailbox_delivery_lock", cls.locks) if w
-            ),
-            size_limit=int(getattr(params, "mailbox_size_limit", cls.size_limit)),
-            lock_attempts=int(getattr(params, "deliver_lock_attempts", cls.lock_attempts)),
-            lock_delay=float(getattr(params, "deliver_lock_delay", cls.lock_delay)),
-            stale_lock_time=float(getattr(params, "stale_lock_time", cls.stale_lock_time)),
-            strict_owner=bool(getattr(params, "strict_mailbox_ownership", cls.strict_owner)),
-        )
-
-    def as_list(self) -> list[object]:
-        return [
-            list(self.locks),
-            self.size_limit,
-            self.lock_attempts,
-            self.lock_delay,
-            self.stale_lock_time,
-            self.strict_owner,
-        ]
-
-    @classmethod
-    def from_list(cls, values: list[object]) -> MboxSettings:
-        locks, size, attempts, delay, stale, strict = values
-        return cls(
-            tuple(str(x) for x in locks),  # type: ignore[attr-defined]
-            int(size),  # type: ignore[call-overload]
-            int(attempts),  # type: ignore[call-overload]
-            float(delay),  # type: ignore[arg-type]
-            float(stale),  # type: ignore[arg-type]
-            bool(strict),
+            locks=tuple(w.lower() for w in params.mailbox_delivery_lock if w),
+            size_limit=params.mailbox_size_limit,
+            lock_attempts=params.deliver_lock_attempts,
+            lock_delay=params.deliver_lock_delay,
+            stale_lock_time=params.stale_lock_time,
+            strict_owner=params.strict_mailbox_ownership,
         )
 
 
@@ -242,12 +219,7 @@ def _append(
     start = os.lseek(fd, 0, os.SEEK_END)
     written = start
     try:
-        head = (
-            f"From {sender or 'MAILER-DAEMON'}  {time.asctime()}\n"
-            f"Return-Path: <{sender}>\n"
-            f"X-Original-To: {original or recipient}\n"
-            f"Delivered-To: {recipient}\n"
-        ).encode("utf-8", "surrogateescape")
+        head = copy_head(sender, original or recipient, recipient, from_line=True)
         for piece in _with_tail(head, quote_from_lines(chunks)):
             written += len(piece)
             if limit and written > limit:  # Postfix: RLIMIT_FSIZE, so EFBIG

@@ -32,17 +32,18 @@ QMGR = "qmgr"
 _MAX_DATAGRAM = 512  # b"W" is a wake-up; b"S" + domain asks for one site's mail
 
 
-def socket_path(directory: str | os.PathLike[str]) -> Path:
-    return Path(directory) / PUBLIC / QMGR
+def socket_path(directory: str | os.PathLike[str], name: str = QMGR) -> Path:
+    return Path(directory) / PUBLIC / name
 
 
 @contextlib.contextmanager
-def _short_name(directory: str | os.PathLike[str]) -> Iterator[str]:
-    """A name for the socket that fits sockaddr_un's 108 bytes however deep the queue
-    directory is: through a descriptor of public/ (Linux resolves /proc/self/fd)."""
-    fd = os.open(Path(directory) / PUBLIC, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+def short_name(directory: str | os.PathLike[str], name: str = QMGR) -> Iterator[str]:
+    """A name for socket `name` in public/ that fits sockaddr_un's 108 bytes however
+    deep the queue directory is: through a descriptor of public/ (Linux resolves
+    /proc/self/fd).  O_PATH, so a user who may search public/ but not list it can too."""
+    fd = os.open(Path(directory) / PUBLIC, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        yield f"/proc/self/fd/{fd}/{QMGR}"
+        yield f"/proc/self/fd/{fd}/{name}"
     finally:
         os.close(fd)
 
@@ -60,7 +61,7 @@ def listen(
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
     try:
         sock.setblocking(False)
-        with _short_name(directory) as name:
+        with short_name(directory) as name:
             sock.bind(name)
         os.chmod(path, 0o622)
     except BaseException:
@@ -104,7 +105,7 @@ def notify(directory: str | os.PathLike[str], site: str | None = None) -> bool:
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
         sock.setblocking(False)
         try:
-            with _short_name(directory) as name:
+            with short_name(directory) as name:
                 sock.sendto(b"S" + site.encode("ascii") if site else b"W", name)
         except BlockingIOError:
             return True  # its buffer is full of wake-ups already: it will scan

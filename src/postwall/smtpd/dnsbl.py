@@ -50,6 +50,7 @@ import dns.resolver
 import dns.reversename
 
 from postwall.config.maincf import Expander, ExpandError
+from postwall.config.network import is_ip
 from postwall.dns import make_resolver
 
 if TYPE_CHECKING:
@@ -145,7 +146,7 @@ async def _lookup(
     except (OSError, UnicodeError):
         return PeerName(UNKNOWN, UNKNOWN, TEMP, TEMP)
     # Postfix sockaddr_to_hostname(): a numeric or malformed name is no name.
-    if not name.strip("0123456789abcdefABCDEF.:") and _is_address(name):
+    if not name.strip("0123456789abcdefABCDEF.:") and is_ip(name):
         return PeerName(warnings=(f"numeric hostname: {name}",))
     if not valid_hostname(name):
         return PeerName()
@@ -205,14 +206,6 @@ async def _dns_addresses(resolver: dns.asyncresolver.Resolver, name: str, v6: bo
     except (dns.exception.DNSException, OSError):
         raise _NameError(True, _EAI_AGAIN_TEXT) from None
     return [r.address for r in answer]  # type: ignore[attr-defined]
-
-
-def _is_address(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 # -- DNSxL queries -----------------------------------------------------------------------

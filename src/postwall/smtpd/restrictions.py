@@ -32,7 +32,6 @@ an unverified certificate (docs/status.md).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import re
 import socket
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
@@ -635,11 +634,6 @@ class Restrictions:
             raise ConfigurationError(str(err)) from None
         return _Deferred(self._run(ctx, items, name, cls))  # type: ignore[return-value]
 
-    def lookup(self, table: Table, key: str, partial: bool) -> str | None:
-        if partial and not table.fixed:
-            return None
-        return table.lookup(key)
-
     def domain_access(
         self, ctx: _Ctx, table: Table, ref: str, domain: str, name: str, cls: str
     ) -> tuple[bool, Status]:
@@ -648,7 +642,7 @@ class Restrictions:
         partial = False
         current = low
         while current:
-            value = self.lookup(table, current, partial)
+            value = table.query(current, partial)
             if value is not None:
                 return True, self.table_result(ctx, ref, value, name, cls)
             if _is_hostaddr(domain):
@@ -667,7 +661,7 @@ class Restrictions:
         delim = ":" if ":" in addr else "."
         current, partial = addr, False
         while current:
-            value = self.lookup(table, current, partial)
+            value = table.query(current, partial)
             if value is not None:
                 return True, self.table_result(ctx, ref, value, name, cls)
             current = current.rpartition(delim)[0]
@@ -695,7 +689,7 @@ class Restrictions:
         if bare != local:
             keys.append((f"{bare}@", True))
         for key, partial in keys:
-            value = self.lookup(table, key, partial)
+            value = table.query(key, partial)
             if value is not None:
                 status = self.table_result(ctx, ref, value, name, cls)
                 routed = resolved.routed and not self.p.allow_untrusted_routing
@@ -762,8 +756,8 @@ class Restrictions:
         if self._resolver.classify(address) is AddressClass.LOCAL:
             keys += [local, bare] if bare != local else [local]
         keys.append(f"@{domain}")
-        for key in keys if table.fixed else keys[:1]:  # a pattern table: whole address
-            value = table.lookup(key)
+        for i, key in enumerate(keys):
+            value = table.query(key, partial=i > 0)
             if value is not None:
                 return value
         return None
@@ -925,12 +919,7 @@ def valid_hostname(name: str) -> bool:
 
 
 def _is_hostaddr(text: str) -> bool:
-    t = text[5:] if text[:5].lower() == "ipv6:" else text
-    try:
-        ipaddress.ip_address(t)
-    except ValueError:
-        return False
-    return True
+    return is_ip(text[5:] if text[:5].lower() == "ipv6:" else text)
 
 
 def _truncate_dot(name: str) -> str:

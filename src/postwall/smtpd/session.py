@@ -379,7 +379,6 @@ class SmtpSession(asyncio.Protocol):
         x = self.client.extra
         transport = self.transport
         sockname = transport.get_extra_info("sockname") if transport is not None else None
-        x["client_port"] = str(self.client_port)
         x["server_address"] = self.local_addr
         x["server_port"] = str(sockname[1]) if isinstance(sockname, tuple) else ""
         x["protocol_name"] = self._log_protocol()
@@ -413,12 +412,13 @@ class SmtpSession(asyncio.Protocol):
             return
         self.client.sender = internal_form(event.address)
         self.prepend = []
-        # Postfix's policy "instance": one per transaction (pid, time, sequence).
-        now = time.time()
-        self.client.extra["instance"] = (
-            f"{os.getpid():x}.{int(now):x}.{int(now % 1 * 1e6):x}.{next(_INSTANCES):x}"
-        )
-        self.client.extra["size"] = str(event.params.size or 0)
+        if self.svc.restrictions.uses_policy:  # only policy requests carry these
+            # Postfix's policy "instance": one per transaction (pid, time, sequence).
+            now = time.time()
+            self.client.extra["instance"] = (
+                f"{os.getpid():x}.{int(now):x}.{int(now % 1 * 1e6):x}.{next(_INSTANCES):x}"
+            )
+            self.client.extra["size"] = str(event.params.size or 0)
         auth = event.params.auth
         self.sasl_sender = auth if auth and auth != "<>" and self.svc.sasl else None
 
