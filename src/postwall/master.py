@@ -50,6 +50,7 @@ from postwall.queue import wakeup
 from postwall.queue.store import QueueStore
 from postwall.resolve import AddressResolver
 from postwall.sasl.server import SaslServer
+from postwall.smtpd.dnsbl import ClientNames
 from postwall.smtpd.limits import AllPortsBusy, ClientLimits
 from postwall.smtpd.restrictions import NotSupported, Restrictions
 from postwall.smtpd.session import SmtpdService, SmtpSession, core_settings
@@ -127,6 +128,7 @@ def build_smtpd_services(
             sessions=set(),
             sasl=sasl,
             limits=limits,
+            names=ClientNames(params.postwall_dns_servers, params.postwall_client_name_cache_time),
             # maxproc "-" is $default_process_limit; 0 means no limit, as in Postfix.
             max_sessions=params.default_process_limit if svc.maxproc is None else svc.maxproc,
         )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import smtplib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import peers
 from postwall.config.network import Networks
 from postwall.config.params import Params
 from postwall.resolve import AddressResolver
-from postwall.smtpd.dnsbl import FORGED, OK, PERM, PeerName, lookup_client_name
+from postwall.smtpd.dnsbl import FORGED, OK, PERM, ClientNames, PeerName, lookup_client_name
 from postwall.smtpd.restrictions import ClientState, Restrictions
 
 pytestmark = pytest.mark.interop
@@ -35,12 +36,14 @@ ZONES = {
     "names.test": "$ORIGIN names.test.\n$TTL 300\n" + SOA + "ns IN A 127.0.0.1\n"
     "good IN A 127.0.0.5\n"
     "forged IN A 192.0.2.66\n"
-    "spammy IN A 127.0.0.8\n",
+    "spammy IN A 127.0.0.8\n"
+    "brief 1 IN A 127.0.0.9\n",
     "127.in-addr.arpa": "$ORIGIN 127.in-addr.arpa.\n$TTL 300\n"
     + SOA
     + "5.0.0 IN PTR good.names.test.\n"
     "6.0.0 IN PTR forged.names.test.\n"
-    "8.0.0 IN PTR spammy.names.test.\n",
+    "8.0.0 IN PTR spammy.names.test.\n"
+    "9.0.0 2 IN PTR brief.names.test.\n",
     "rbl.test": "$ORIGIN rbl.test.\n$TTL 300\n" + SOA + "2.0.0.127 IN A 127.0.0.2\n"
     '2.0.0.127 IN TXT "Listed; see https://rbl.test/q?127.0.0.2"\n'
     "4.0.0.127 IN A 127.0.0.2\n"
@@ -117,6 +120,25 @@ def test_client_names_from_ptr_records(unbound: peers.Unbound) -> None:
         ("hostname forged.names.test does not resolve to address 127.0.0.6",),
     )
     assert _client(unbound, "127.0.0.7").peer == PeerName("unknown", "unknown", PERM, PERM)
+
+
+def test_client_names_are_kept_no_longer_than_their_ttl(unbound: peers.Unbound) -> None:
+    names = ClientNames((f"127.0.0.1:{unbound.port}",), keep=3600.0)
+
+    async def look(addr: str) -> tuple[PeerName, float]:
+        peer = await names.lookup(asyncio.get_running_loop(), addr)
+        return peer, names._known[addr][0] - time.monotonic()
+
+    # TTL 300 for both records; the brief name's A record has TTL 1 (its PTR 2).
+    peer, left = asyncio.run(look("127.0.0.5"))
+    assert peer.name == "good.names.test" and 290 < left <= 300
+    peer, left = asyncio.run(look("127.0.0.9"))
+    assert peer.name == "brief.names.test" and 0 < left <= 1
+    first = names._known["127.0.0.9"][0]
+    assert asyncio.run(look("127.0.0.9"))[0] is peer  # within the TTL: the kept answer
+    time.sleep(left + 0.05)
+    again, left = asyncio.run(look("127.0.0.9"))  # expired: asked again, kept afresh
+    assert again == peer and again is not peer and names._known["127.0.0.9"][0] > first
 
 
 def test_rbl_client_reply_and_filters(unbound: peers.Unbound, tmp_path: Path) -> None:

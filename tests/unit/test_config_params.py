@@ -103,6 +103,7 @@ def test_registry_names_are_postfix_parameters() -> None:
         == [n for n in P.FIELDS if P.is_postwall_only(n)]
         == [
             "smtpd_listen_backlog",
+            "postwall_client_name_cache_time",
             "postwall_dns_servers",
         ]
     )

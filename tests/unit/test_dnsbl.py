@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from pathlib import Path
 
 import pytest
@@ -189,3 +190,54 @@ def test_bad_default_reply_stops_start_up(tmp_path: Path, template: str) -> None
             default_rbl_reply=template,
         )
     make(tmp_path, default_rbl_reply=template)  # only checked where a list is used
+
+
+def test_client_names_keep_final_answers_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    answers = {
+        "192.0.2.1": PeerName("a.example", "a.example", OK, OK),
+        "192.0.2.2": PeerName("unknown", "unknown", TEMP, TEMP),
+        "192.0.2.3": PeerName("unknown", "b.example", TEMP, OK),
+        "192.0.2.4": PeerName("unknown", "c.example", FORGED, OK),
+    }
+    asked: list[str] = []
+
+    async def fake(loop: object, addr: str, servers: object, seen: object) -> PeerName:
+        asked.append(addr)
+        return answers[addr]
+
+    monkeypatch.setattr(dnsbl, "lookup_client_name", fake)
+
+    def twice(names: dnsbl.ClientNames) -> list[str]:
+        async def run() -> None:
+            loop = asyncio.get_running_loop()
+            for addr in list(answers) * 2:
+                assert await names.lookup(loop, addr) == answers[addr]
+
+        asked.clear()
+        asyncio.run(run())
+        return asked
+
+    # Kept: the verified name and the forged one; asked again: temporary failures.
+    assert twice(dnsbl.ClientNames(keep=10.0)) == [*answers, "192.0.2.2", "192.0.2.3"]
+    assert twice(dnsbl.ClientNames(keep=0.0)) == [*answers, *answers]  # Postfix: every time
+    names = dnsbl.ClientNames(keep=0.05)
+    twice(names)
+    time.sleep(0.06)
+    assert twice(names) == [*answers, "192.0.2.2", "192.0.2.3"]  # all expired
+
+
+def test_client_names_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def fake(loop: object, addr: str, servers: object, seen: object) -> PeerName:
+        return PeerName(f"h{addr}", f"h{addr}", OK, OK)
+
+    monkeypatch.setattr(dnsbl, "lookup_client_name", fake)
+    names = dnsbl.ClientNames(keep=60.0)
+
+    async def run() -> None:
+        for n in range(dnsbl._NAMES_KEPT + 5):
+            await names.lookup(asyncio.get_running_loop(), f"10.0.{n // 256}.{n % 256}")
+
+    asyncio.run(run())
+    assert len(names._known) == dnsbl._NAMES_KEPT
+    last = dnsbl._NAMES_KEPT + 4
+    assert "10.0.0.0" not in names._known and f"10.0.{last // 256}.{last % 256}" in names._known

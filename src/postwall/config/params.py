@@ -446,6 +446,13 @@ class Params:
     )
     smtpd_forbid_unauth_pipelining: bool = _b("no", "Disconnect clients that pipeline early.")
     smtpd_peername_lookup: bool = _b("yes", "Look up the client's host name.")
+    postwall_client_name_cache_time: float = _t(
+        "10s",
+        "postwall only: how long a client's name (PTR and forward check) is remembered "
+        "for its next connections; never longer than the DNS TTL, never a temporary "
+        "failure; 0: look up every connection, as Postfix.",
+        postwall=True,
+    )
     smtpd_client_port_logging: bool = _b("no", "Log the client port with its address.")
     smtpd_reject_footer: str = _s("", "Text appended to 4xx/5xx replies.")
     message_size_limit: int = _i("10240000", "Maximal message size in bytes (0: none).")

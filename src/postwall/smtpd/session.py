@@ -41,7 +41,7 @@ from postwall.smtp import events as ev
 from postwall.smtp import replies
 from postwall.smtp.replies import Reply
 from postwall.smtp.server import CLOSED, NEED_DATA, ServerConnection, ServerSettings
-from postwall.smtpd.dnsbl import PeerName, lookup_client_name
+from postwall.smtpd.dnsbl import ClientNames, PeerName
 from postwall.smtpd.limits import ClientLimits, Limit, SessionLimits
 from postwall.smtpd.restrictions import ClientState, Decision, Restrictions, run_now
 from postwall.tls import describe
@@ -77,6 +77,7 @@ class SmtpdService:
     settings: ServerSettings
     sessions: set[SmtpSession]  # shared with the service's next incarnation on reload
     limits: ClientLimits
+    names: ClientNames
     sasl: SaslServer | None = None
     max_sessions: int = 0  # master.cf maxproc; 0: no bound
 
@@ -144,9 +145,7 @@ class SmtpSession(asyncio.Protocol):
     async def _start(self) -> None:
         try:
             if self.params.smtpd_peername_lookup:
-                peer = await lookup_client_name(
-                    self.loop, self.client.addr, self.params.postwall_dns_servers
-                )
+                peer = await self.svc.names.lookup(self.loop, self.client.addr)
                 for warning in peer.warnings:
                     self.log.warning("smtpd", warning)
                 self.client.name, self.client.peer = peer.name, peer
