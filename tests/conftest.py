@@ -65,6 +65,54 @@ def postwall_factory(tmp_path: Path) -> Iterator[Callable[..., peers.PostwallSer
         server.cleanup()
 
 
+@pytest.fixture
+def postwall_tls(
+    postwall_factory: Callable[..., peers.PostwallServer], certs: peers.TestCerts
+) -> peers.PostwallServer:
+    """A running postwall whose smtpd offers STARTTLS with the test server certificate and
+    asks for client certificates signed by the test CA (Received header and TLS log lines
+    on); mail for localhost and postwall.test goes to Maildirs."""
+    return postwall_factory(
+        params={
+            "smtpd_tls_cert_file": str(certs.server_cert),
+            "smtpd_tls_key_file": str(certs.server_key),
+            "smtpd_tls_CAfile": str(certs.ca_cert),
+            "smtpd_tls_security_level": "may",
+            "smtpd_tls_ask_ccert": "yes",
+            "smtpd_tls_received_header": "yes",
+            "smtpd_tls_loglevel": "1",
+            "mydestination": "localhost, postwall.test",
+        }
+    )
+
+
+@pytest.fixture
+def sasl_receiver(
+    postwall_factory: Callable[..., peers.PostwallServer], certs: peers.TestCerts, tmp_path: Path
+) -> peers.PostwallServer:
+    """A postwall that takes mail for root@b.test from authenticated clients only (user
+    alice, peers.SASL_PASSWORD; PLAIN, LOGIN and SCRAM-SHA-256; STARTTLS offered)."""
+    pwfile = tmp_path / "sasl_passwd"
+    res = peers.run_postwall(
+        "saslpasswd", "-f", str(pwfile), "add", "alice", stdin=peers.SASL_PASSWORD
+    )
+    assert res.returncode == 0, res.stderr
+    return postwall_factory(
+        params={
+            "smtpd_tls_cert_file": str(certs.server_cert),
+            "smtpd_tls_key_file": str(certs.server_key),
+            "smtpd_tls_security_level": "may",
+            "smtpd_sasl_auth_enable": "yes",
+            "smtpd_sasl_type": "postwall",
+            "smtpd_sasl_path": str(pwfile),
+            "mynetworks": "192.0.2.0/24",  # loopback is not trusted: only AUTH gets in
+            "smtpd_recipient_restrictions": "permit_sasl_authenticated, reject",
+            "mydestination": "localhost, b.test",
+            "smtpd_error_sleep_time": "0",
+        }
+    )
+
+
 @pytest.fixture(scope="session")
 def reference_postfix(certs: peers.TestCerts) -> Iterator[peers.PostfixInstance]:
     """A private copy of the dev machine's reference Postfix (PostfixInstance.reference) on a

@@ -114,6 +114,18 @@ def wait_for(
         time.sleep(interval)
 
 
+def stop_process(proc: subprocess.Popen[bytes] | None, grace: float = 10) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds; a process already gone is left alone."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -546,13 +558,7 @@ class SmtpSink:
         )
 
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(10)
+        stop_process(self._proc, 10)
         self._proc = None
         shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -651,13 +657,170 @@ class Unbound:
         return tail(read_text(self.log) + read_text(self._out))
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, 10)
+
+
+# --- Exim ------------------------------------------------------------------------------------
+
+# Debian's exim4-daemon-light conflicts with postfix (both are the mail-transport-agent), so
+# scripts/test unpacks the package here instead of installing it, and creates its user.
+EXIM_ROOT = Path(os.environ.get("POSTWALL_EXIM_ROOT", "/opt/postwall-peers/exim4"))
+EXIM_USER = "Debian-exim"  # compiled into Debian's binary
+
+
+def require_exim() -> str:
+    """The unpacked Exim binary; skip the test if it is missing, or fail it under CI."""
+    exe = EXIM_ROOT / "usr/sbin/exim4"
+    try:
+        pwd.getpwnam(EXIM_USER)
+        usable = os.access(exe, os.X_OK)
+    except KeyError:
+        usable = False
+    if usable:
+        return str(exe)
+    why = f"Exim not unpacked in {EXIM_ROOT} with user {EXIM_USER} (scripts/test does it, as root)"
+    if in_ci():
+        pytest.fail(f"CI requires every peer: {why}", pytrace=False)
+    pytest.skip(why)
+
+
+class Exim:
+    """Debian's Exim 4.96 from a private directory, with its own configuration (`-C`).
+
+    `serve(domain)` runs a daemon on 127.0.0.1:`port` (STARTTLS with the test server
+    certificate, CHUNKING and PIPELINING offered, as Exim does by default) that accepts
+    mail for `domain` into one Maildir; `send(...)` submits a message that Exim delivers
+    at once (`-odf`) to 127.0.0.1:PORT, STARTTLS required, presenting the test client
+    certificate and verifying the server's against the test CA. Exim gives up root for a
+    `-C` configuration, so its spool, log and key copies belong to Debian-exim.
+    """
+
+    def __init__(self, certs: TestCerts) -> None:
+        self.exe = require_exim()
+        # Out of pytest's root-only tmp_path: Exim works as Debian-exim here.
+        WORK_ROOT.mkdir(parents=True, exist_ok=True)
+        WORK_ROOT.chmod(0o755)
+        directory = Path(tempfile.mkdtemp(prefix="exim-", dir=WORK_ROOT))
+        self.directory = directory
+        self.port = free_port()
+        self.maildir = directory / "Maildir"
+        self.mainlog = directory / "log" / "mainlog"
+        self.proc: subprocess.Popen[bytes] | None = None
+        tls = directory / "tls"
+        for sub in ("spool", "log", "tls"):
+            (directory / sub).mkdir(parents=True, exist_ok=True)
+        for src, name in (
+            (certs.server_cert, "server.pem"),
+            (certs.server_key, "server.key"),
+            (certs.client_cert, "client.pem"),
+            (certs.client_key, "client.key"),
+            (certs.ca_cert, "ca.pem"),
+        ):
+            shutil.copyfile(src, tls / name)
+        user = pwd.getpwnam(EXIM_USER)
+        directory.chmod(0o755)
+        for path in (directory, *directory.rglob("*")):
+            os.chown(path, user.pw_uid, user.pw_gid)
+        self.tls = tls
+
+    def _common(self) -> str:
+        d = self.directory
+        return (
+            "keep_environment =\n"
+            f"spool_directory = {d}/spool\n"
+            f"log_file_path = {d}/log/%slog\n"
+            f"exim_path = {self.exe}\n"
+            "trusted_users = root\n"
+        )
+
+    def serve(self, domain: str) -> Exim:
+        d, conf = self.directory, self.directory / "server.conf"
+        conf.write_text(
+            self._common() + f"primary_hostname = exim.{domain}\n"
+            f"daemon_smtp_ports = {self.port}\n"
+            "local_interfaces = 127.0.0.1\n"
+            f"domainlist local_domains = {domain}\n"
+            "tls_advertise_hosts = *\n"
+            f"tls_certificate = {self.tls}/server.pem\n"
+            f"tls_privatekey = {self.tls}/server.key\n"
+            "acl_smtp_rcpt = acl_rcpt\n"
+            "begin acl\n"
+            "acl_rcpt:\n"
+            "  accept domains = +local_domains\n"
+            "  deny message = relay not permitted\n"
+            "begin routers\n"
+            "local:\n"
+            "  driver = accept\n"
+            "  domains = +local_domains\n"
+            "  transport = to_maildir\n"
+            "begin transports\n"
+            "to_maildir:\n"
+            "  driver = appendfile\n"
+            f"  directory = {d}/Maildir\n"
+            "  maildir_format\n"
+            "  create_directory\n"
+            "  return_path_add\n"
+            "  envelope_to_add\n"
+        )
+        out = (d / "daemon.out").open("wb")
+        self.proc = subprocess.Popen(
+            [self.exe, "-C", str(conf), "-bdf", "-oP", str(d / "exim.pid")],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        out.close()
+        wait_for(lambda: port_open("127.0.0.1", self.port), 15, "Exim's daemon", detail=self._tail)
+        return self
+
+    def send(self, sender: str, recipient: str, message: bytes, port: int) -> str:
+        """Submit and deliver now; returns Exim's main log line for the delivery."""
+        conf = self.directory / "client.conf"
+        conf.write_text(
+            self._common() + "primary_hostname = exim-client.postwall.test\n"
+            "begin routers\n"
+            "out:\n"
+            "  driver = manualroute\n"
+            "  route_list = * 127.0.0.1\n"
+            "  self = send\n"
+            "  transport = out\n"
+            "begin transports\n"
+            "out:\n"
+            "  driver = smtp\n"
+            f"  port = {port}\n"
+            "  allow_localhost\n"
+            "  hosts_require_tls = *\n"
+            f"  tls_certificate = {self.tls}/client.pem\n"
+            f"  tls_privatekey = {self.tls}/client.key\n"
+            f"  tls_verify_certificates = {self.tls}/ca.pem\n"
+            "  tls_verify_hosts = *\n"
+            "  tls_verify_cert_hostnames =\n"  # the certificate names localhost
+        )
+        res = subprocess.run(
+            [self.exe, "-C", str(conf), "-odf", "-oi", "-f", sender, recipient],
+            input=message,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        if res.returncode != 0:
+            raise PeerError(f"exim exited {res.returncode}: {res.stderr!r}\n{self._tail()}")
+        for line in read_text(self.mainlog).splitlines():
+            if " => " in line and recipient in line:
+                return line
+        raise PeerError(f"exim did not deliver to {recipient}:\n{self._tail()}")
+
+    def _tail(self) -> str:
+        return tail(read_text(self.mainlog) + read_text(self.directory / "daemon.out"))
+
+    def wait_log(self, pattern: str, timeout: float = 20) -> re.Match[str]:
+        rx = re.compile(pattern)
+        return wait_for(
+            lambda: rx.search(read_text(self.mainlog)), timeout, pattern, detail=self._tail
+        )
+
+    def stop(self) -> None:
+        stop_process(self.proc, 10)
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 # --- private Postfix instances ---------------------------------------------------------------
@@ -1433,17 +1596,14 @@ class DovecotAuthServer:
         return self
 
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(5)
+        stop_process(self._proc, 15)
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
 # --- postwall's own command line and the how-to's configuration -----------------------------
+
+
+SASL_PASSWORD = "correct horse"  # alice's, at the sasl_receiver fixture
 
 
 def run_postwall(

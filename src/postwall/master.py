@@ -50,6 +50,7 @@ from postwall.queue import wakeup
 from postwall.queue.store import QueueStore
 from postwall.resolve import AddressResolver
 from postwall.sasl.server import SaslServer
+from postwall.smtp.sasl import check_security_options
 from postwall.smtpd.dnsbl import ClientNames
 from postwall.smtpd.limits import AllPortsBusy, ClientLimits
 from postwall.smtpd.restrictions import NotSupported, Restrictions
@@ -179,6 +180,32 @@ def _shown(value: object) -> str:
     return "yes" if value is True else str(value)
 
 
+def _smtp_sasl_problems(config: Config) -> list[str]:
+    """What Postfix's smtp(8) dies of at its first delivery, said at start-up instead."""
+    params = config.params
+    problems = []
+    if not params.smtp_sasl_password_maps:
+        problems.append(
+            f"{_where(config, 'smtp_sasl_auth_enable')}: specify a password table via the "
+            "`smtp_sasl_password_maps' configuration parameter"
+        )
+    if params.smtp_sasl_type != "cyrus":
+        problems.append(
+            f"{_where(config, 'smtp_sasl_type')}: unsupported SASL client implementation: "
+            f"{params.smtp_sasl_type}"
+        )
+    for name in (
+        "smtp_sasl_security_options",
+        "smtp_sasl_tls_security_options",
+        "smtp_sasl_tls_verified_security_options",
+    ):
+        try:
+            check_security_options(getattr(params, name))
+        except ValueError as exc:
+            problems.append(f"{_where(config, name)}: {name}: {exc}")
+    return problems
+
+
 def build_delivery(config: Config, log: MailLog) -> Delivery:
     """The delivery agents of main.cf; StartupError naming file:line if one cannot start."""
     params = config.params
@@ -187,7 +214,6 @@ def build_delivery(config: Config, log: MailLog) -> Delivery:
     unsupported = [
         (name, text)
         for name, text in (
-            ("smtp_sasl_auth_enable", "SASL authentication towards servers"),
             ("smtp_tls_wrappermode", "implicit TLS towards servers"),
             ("content_filter", "an after-queue content filter"),
             ("mailbox_transport", "mailbox delivery through another transport"),
@@ -196,6 +222,16 @@ def build_delivery(config: Config, log: MailLog) -> Delivery:
         )
         if getattr(params, name)
     ]
+    if params.smtp_sasl_auth_enable:
+        unsupported += [
+            (name, text)
+            for name, text in (
+                ("smtp_sender_dependent_authentication", "SASL credentials per sender"),
+                ("smtp_sasl_auth_cache_name", "a cache of refused SASL passwords"),
+                ("smtp_send_dummy_mail_auth", "AUTH=<> in MAIL FROM"),
+            )
+            if getattr(params, name)
+        ]
     if unsupported:
         raise StartupError(
             [
@@ -204,6 +240,9 @@ def build_delivery(config: Config, log: MailLog) -> Delivery:
                 for name, text in unsupported
             ]
         )
+    problems = _smtp_sasl_problems(config) if params.smtp_sasl_auth_enable else []
+    if problems:
+        raise StartupError(problems)
     try:
         resolver = AddressResolver.from_params(params)
         local = LocalAgent(params, resolver)

@@ -167,20 +167,26 @@ def test_unknown_mail_owner_stops_start_up(tmp_path: Path) -> None:
 
 
 def test_root_helper_opens_only_what_the_configuration_names(workdir: Path) -> None:
-    """The unprivileged side can have the root helper open a root-only TLS key or the
-    maillog_file named in main.cf, and nothing else (not /etc/shadow, not another key)."""
+    """The unprivileged side can have the root helper open a root-only TLS key, an
+    smtp_sasl_password_maps file or the maillog_file named in main.cf, and nothing else
+    (not /etc/shadow, not another key)."""
     from postwall.delivery.local import DeliveryHelper
 
     secret = workdir / "secret"
     secret.mkdir(mode=0o700)
     key, other, log = secret / "key.pem", secret / "other.pem", secret / "mail.log"
+    passwords = secret / "sasl_passwd"
     key.write_bytes(b"-----BEGIN PRIVATE KEY-----\nroot only\n")
     other.write_bytes(b"not named anywhere\n")
-    for path in (key, other):
+    passwords.write_bytes(b"[smtp.example.net]:587 alice:secret\n")
+    for path in (key, other, passwords):
         path.chmod(0o600)
     conf = workdir / "conf"
     conf.mkdir()
-    (conf / "main.cf").write_text(f"smtpd_tls_key_file = {key}\nmaillog_file = {log}\n")
+    (conf / "main.cf").write_text(
+        f"smtpd_tls_key_file = {key}\nmaillog_file = {log}\n"
+        f"smtp_sasl_password_maps = hash:{passwords}\n"
+    )
     (conf / "master.cf").write_text("smtp inet n - n - - smtpd\n")
     helper = DeliveryHelper.start(
         home_mailbox="Maildir/",
@@ -191,6 +197,7 @@ def test_root_helper_opens_only_what_the_configuration_names(workdir: Path) -> N
 
     def unprivileged_side() -> str:  # as after the drop
         result = [helper.read_file(str(key)).decode()]
+        result.append(helper.read_file(str(passwords)).decode())
         for path in ("/etc/shadow", str(other)):
             try:
                 helper.read_file(path)
@@ -211,6 +218,7 @@ def test_root_helper_opens_only_what_the_configuration_names(workdir: Path) -> N
     helper.stop()
     assert answer.split("|") == [
         "-----BEGIN PRIVATE KEY-----\nroot only\n",
+        "[smtp.example.net]:587 alice:secret\n",
         "refused",
         "refused",
         "refused",

@@ -19,6 +19,8 @@ from hypothesis import strategies as st
 from postwall.smtp.client import (
     CLOSED,
     NEED_DATA,
+    AuthChallenge,
+    AuthDone,
     ClientConnection,
     ClientSettings,
     ConnectionFailed,
@@ -431,6 +433,64 @@ def test_tls_established_without_starttls_is_misuse() -> None:
     conn = session()
     with pytest.raises(ProtocolMisuse):
         conn.tls_established()
+
+
+# -- AUTH (RFC 4954) -------------------------------------------------------------------------
+
+
+def test_auth_with_challenges_then_235() -> None:
+    conn = session(EHLO_FULL.replace(b"250 CHUNKING", b"250-CHUNKING\r\n250 AUTH LOGIN PLAIN"))
+    assert conn.extensions.auth == ("LOGIN", "PLAIN")
+    conn.authenticate("LOGIN", None)
+    assert conn.data_to_send() == b"AUTH LOGIN\r\n"
+    assert conn.stage == "performing the EHLO handshake"  # Postfix's words during AUTH
+    challenge = only(step(conn, b"334 VXNlcm5hbWU6\r\n")[0])
+    assert isinstance(challenge, AuthChallenge) and challenge.data == b"Username:"
+    conn.auth_respond(b"alice")
+    assert conn.data_to_send() == b"YWxpY2U=\r\n"
+    with pytest.raises(ProtocolMisuse):
+        conn.auth_respond(b"too early")  # the next challenge has not come yet
+    challenge = only(step(conn, b"334 UGFzc3dvcmQ6\r\n")[0])
+    assert isinstance(challenge, AuthChallenge) and challenge.data == b"Password:"
+    conn.auth_respond(b"")
+    assert conn.data_to_send() == b"\r\n"
+    done = only(step(conn, b"235 2.7.0 Authentication successful\r\n")[0])
+    assert isinstance(done, AuthDone) and done.ok and conn.ready
+    conn.send_mail(msg("a@x.test"))
+    assert conn.data_to_send().startswith(b"MAIL FROM:<sender@example.org>")
+
+
+def test_auth_initial_response_refusal_and_cancel() -> None:
+    conn = session()
+    conn.authenticate("PLAIN", b"\0alice\0secret")
+    assert conn.data_to_send() == b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n"
+    refused = only(step(conn, b"535 5.7.8 Error: authentication failed: bad\r\n")[0])
+    assert isinstance(refused, AuthDone) and not refused.ok and refused.reply.dsn == "5.7.8"
+    assert conn.ready
+    conn.authenticate("SCRAM-SHA-256", b"")
+    assert conn.data_to_send() == b"AUTH SCRAM-SHA-256 =\r\n"  # an empty initial response
+    bad = only(step(conn, b"334 not*base64\r\n")[0])
+    assert isinstance(bad, AuthChallenge) and bad.data is None
+    conn.auth_cancel()
+    assert conn.data_to_send() == b"*\r\n"
+    done = only(step(conn, b"501 5.7.0 Authentication aborted\r\n")[0])
+    assert isinstance(done, AuthDone) and not done.ok
+    with pytest.raises(ValueError):
+        conn.authenticate("PLAIN\r\nRSET", None)  # never a second command on the wire
+    conn.quit()
+    assert conn.data_to_send() == b"QUIT\r\n"
+
+
+def test_auth_connection_lost_is_reported_as_postfix() -> None:
+    conn = session()
+    conn.authenticate("PLAIN", b"\0a\0b")
+    conn.data_to_send()
+    conn.receive_data(b"")
+    failed = only(step(conn)[0])
+    assert isinstance(failed, ConnectionFailed)
+    assert failed.reason("mx[192.0.2.1]") == (
+        "lost connection with mx[192.0.2.1] while performing the EHLO handshake"
+    )
 
 
 # -- hostile or broken servers -------------------------------------------------------------

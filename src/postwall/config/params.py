@@ -744,6 +744,30 @@ class Params:
     smtp_bind_address: str = _s("", "Local IPv4 address for outgoing connections.")
     smtp_bind_address6: str = _s("", "Local IPv6 address for outgoing connections.")
     smtp_sasl_auth_enable: bool = _b("no", "Authenticate to servers.")
+    smtp_sasl_password_maps: tuple[str, ...] = _l(
+        "", "user:password per server name or next hop ([host]:port)."
+    )
+    smtp_sasl_security_options: tuple[str, ...] = _l(
+        "noplaintext, noanonymous", "Mechanisms refused without TLS."
+    )
+    smtp_sasl_tls_security_options: tuple[str, ...] = _l(
+        "$smtp_sasl_security_options",
+        "Mechanisms refused over TLS.",
+        ("noplaintext", "noanonymous"),
+    )
+    smtp_sasl_tls_verified_security_options: tuple[str, ...] = _l(
+        "$smtp_sasl_tls_security_options",
+        "Mechanisms refused over TLS with a verified server.",
+        ("noplaintext", "noanonymous"),
+    )
+    smtp_sasl_mechanism_filter: tuple[str, ...] = _l("", "Mechanisms the client may use.")
+    smtp_sasl_auth_soft_bounce: bool = _b("yes", "Defer, not bounce, when AUTH is refused.")
+    smtp_sasl_type: str = _s("cyrus", "SASL client plug-in (Cyrus's mechanisms, built in).")
+    smtp_sasl_path: str = _s("", "SASL client plug-in configuration (unused).")
+    smtp_sasl_auth_cache_name: str = _s("", "Table of servers that refused the password.")
+    smtp_sasl_auth_cache_time: float = _t("90d", "How long a refusal is remembered.")
+    smtp_sender_dependent_authentication: bool = _b("no", "Credentials per sender.")
+    smtp_send_dummy_mail_auth: bool = _b("no", "Send AUTH=<> with MAIL FROM.")
 
 
 FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(Params)}

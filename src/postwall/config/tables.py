@@ -22,8 +22,9 @@ local delivery (aliases), smtpd (access and recipient checks), the queue manager
 
 from __future__ import annotations
 
+import os
 import pwd
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .maincf import logical_lines
@@ -183,8 +184,16 @@ def _inline(ref: str, name: str) -> DictTable:
     return table
 
 
-def open_table(ref: str, base: Path | None = None, *, aliases: bool = False) -> Table:
-    """Open `type:name`; relative file names resolve against `base` when given."""
+def open_table(
+    ref: str,
+    base: Path | None = None,
+    *,
+    aliases: bool = False,
+    read: Callable[[str], bytes] | None = None,
+) -> Table:
+    """Open `type:name`; relative file names resolve against `base` when given.  `read`
+    replaces open(2) for the file (the root helper's, for a root-only file after the
+    privilege drop)."""
     spec = ref.strip()
     while spec.startswith("proxy:"):
         spec = spec[len("proxy:") :]
@@ -197,7 +206,10 @@ def open_table(ref: str, base: Path | None = None, *, aliases: bool = False) -> 
         if base is not None and not path.is_absolute():
             path = base / path
         try:
-            text = path.read_text(encoding="utf-8", errors="surrogateescape")
+            if read is None:
+                text = path.read_text(encoding="utf-8", errors="surrogateescape")
+            else:
+                text = read(str(path)).decode("utf-8", errors="surrogateescape")
         except OSError as err:
             raise TableError(f"{ref}: open {path}: {err.strerror}") from None
         if kind in ("regexp", "pcre"):
@@ -218,12 +230,31 @@ def open_table(ref: str, base: Path | None = None, *, aliases: bool = False) -> 
 
 
 def open_maps(
-    items: Iterable[str] | str, base: Path | None = None, *, aliases: bool = False
+    items: Iterable[str] | str,
+    base: Path | None = None,
+    *,
+    aliases: bool = False,
+    read: Callable[[str], bytes] | None = None,
 ) -> list[Table]:
     """Open a maps list (a parameter value or its split items), in order."""
     if isinstance(items, str):
         items = split_list(items)
-    return [open_table(i, base, aliases=aliases) for i in items]
+    return [open_table(i, base, aliases=aliases, read=read) for i in items]
+
+
+def table_files(items: Iterable[str] | str, base: Path | None = None) -> list[str]:
+    """The files a maps list reads (absolute), for the root helper's allow-list."""
+    if isinstance(items, str):
+        items = split_list(items)
+    out = []
+    for item in items:
+        kind, colon, name = item.strip().removeprefix("proxy:").partition(":")
+        if colon and (kind.lower() in _FILE_TYPES or kind.lower() in ("regexp", "pcre")):
+            path = Path(name)
+            if base is not None and not path.is_absolute():
+                path = base / path
+            out.append(os.path.abspath(path))
+    return out
 
 
 def lookup_maps(tables: Iterable[Table], key: str) -> str | None:

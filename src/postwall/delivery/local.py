@@ -91,7 +91,14 @@ from typing import Protocol
 
 from postwall import fsutil
 from postwall.config import load as load_config
-from postwall.config.tables import Table, lookup_maps, open_maps, open_table, split_list
+from postwall.config.tables import (
+    Table,
+    lookup_maps,
+    open_maps,
+    open_table,
+    split_list,
+    table_files,
+)
 from postwall.delivery import DeliveryResult, copy_head, lf_lines
 from postwall.delivery.command import (
     CommandSettings,
@@ -872,7 +879,8 @@ _TLS_FILE = re.compile(r"(smtpd?|lmtp)_tls_\w*(file|files)")
 
 def helper_files(config_dir: str) -> tuple[set[str], str]:
     """What the root helper may open for the unprivileged side: every file an
-    `smtp(d)_tls_*file(s)` parameter names in main.cf or a master.cf override, and
+    `smtp(d)_tls_*file(s)` parameter names in main.cf or a master.cf override, the
+    smtp_sasl_password_maps files (commonly root-only, like Postfix's), and
     maillog_file."""
     config = load_config(Path(config_dir))
     names: set[str] = set()
@@ -881,6 +889,7 @@ def helper_files(config_dir: str) -> tuple[set[str], str]:
             if _TLS_FILE.fullmatch(name):
                 values = value if isinstance(value, tuple) else (value,)
                 names.update(os.path.abspath(v) for v in values if isinstance(v, str) and v)
+    names.update(table_files(config.params.smtp_sasl_password_maps, Path(config_dir)))
     log = config.params.maillog_file
     return names, os.path.abspath(log) if log else ""
 

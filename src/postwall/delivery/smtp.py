@@ -52,9 +52,12 @@ from postwall.delivery.agents import AgentResult
 from postwall.log import MailLog
 from postwall.queue.store import QueuedMessage
 from postwall.resolve import Destination
+from postwall.sasl import client as sasl_client
 from postwall.smtp.client import (
     CLOSED,
     NEED_DATA,
+    AuthChallenge,
+    AuthDone,
     ClientConnection,
     ClientSettings,
     ConnectionFailed,
@@ -68,6 +71,7 @@ from postwall.smtp.client import (
     StartTLSRefused,
     TransactionDone,
 )
+from postwall.tls import certs as tls_certs
 from postwall.tls import describe
 from postwall.tls.client import ClientTLS
 from postwall.tls.engine import TLSError, TLSSession
@@ -85,11 +89,25 @@ class _Timeout(Exception):
 class _SessionFailed(Exception):
     """This host cannot take the mail: try the next one. `dsn` decides defer/bounce."""
 
-    def __init__(self, dsn: str, reason: str, *, plaintext_retry: bool = False) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        reason: str,
+        *,
+        plaintext_retry: bool = False,
+        final: bool = False,
+        relay: str | None = None,
+    ) -> None:
         super().__init__(reason)
         self.dsn = dsn
         self.reason = reason
         self.plaintext_retry = plaintext_retry
+        # Postfix names the server in relay= when AUTH failed there (the session was
+        # made); other failures before MAIL log relay=none.
+        self.relay = relay
+        # The server's own verdict (a 5xx to AUTH without soft bounce): when no other
+        # server takes the mail it bounces, rather than being deferred like a refusal.
+        self.final = final
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +221,7 @@ class SmtpAgent:
             "ehlo": params.smtp_helo_timeout,
             "helo": params.smtp_helo_timeout,
             "starttls": params.smtp_starttls_timeout,
+            "auth": params.smtp_helo_timeout,
             "mail": params.smtp_mail_timeout,
             "rcpt": params.smtp_rcpt_timeout,
             "data": params.smtp_data_init_timeout,
@@ -210,6 +229,17 @@ class SmtpAgent:
             "rset": params.smtp_rset_timeout,
             "abort": params.smtp_rset_timeout,
         }
+        # Root-only, like Postfix's: after the privilege drop a reload reads it through
+        # the root helper (tls_certs.read_file), which allows exactly these files.
+        self._sasl_maps: list[Table] = (
+            open_maps(
+                params.smtp_sasl_password_maps,
+                Path(params.config_directory),
+                read=tls_certs.read_file,
+            )
+            if params.smtp_sasl_auth_enable
+            else []
+        )
         self._idle: dict[tuple[str, str], list[tuple[float, _Conn]]] = {}
         self._tls_sessions: dict[tuple[str, int, str], tuple[float, SSL.Session]] = {}
         self._closing = False
@@ -237,7 +267,7 @@ class SmtpAgent:
             conn = await self._open(dest.nexthop, policy, key)
         except _SessionFailed as failed:
             status = "bounced" if failed.dsn.startswith("5") else "deferred"
-            return _same(indexes, status, failed.dsn, failed.reason)
+            return _same(indexes, status, failed.dsn, failed.reason, relay=failed.relay)
         results = await self._transaction(conn, out, indexes, started, time.monotonic())
         if results is None:  # a fresh connection failed before MAIL: defer, as Postfix
             reason = f"lost connection with {conn.namaddr} while sending MAIL FROM"
@@ -363,6 +393,7 @@ class SmtpAgent:
                 sessions += 1
                 try:
                     await self._hello(conn, nexthop, policy, use_tls=True)
+                    await self._login(conn, nexthop)
                     return conn
                 except _SessionFailed as failed:
                     last = failed
@@ -372,12 +403,15 @@ class SmtpAgent:
                 try:  # Postfix's RETRY_AS_PLAINTEXT: same server, no STARTTLS
                     conn = await self._connect(host.hostname, addr, host.port, key)
                     await self._hello(conn, nexthop, policy, use_tls=False)
+                    await self._login(conn, nexthop)
                     return conn
                 except _SessionFailed as failed:
                     last = failed
         if last is None:
             raise _SessionFailed("4.4.3", f"no usable address for {nexthop}")
-        raise _SessionFailed(_soft(last.dsn), last.reason)
+        raise _SessionFailed(
+            last.dsn if last.final else _soft(last.dsn), last.reason, relay=last.relay
+        )
 
     async def _hosts(self, nexthop: str) -> list[mxdns.MxHost]:
         """smtp_host_lookup: `dns` (MX records, then A/AAAA) and/or `native` (the
@@ -495,6 +529,110 @@ class SmtpAgent:
             ) from None
         except (TLSError, OSError) as exc:
             raise _SessionFailed("4.4.2", f"lost connection with {conn.namaddr}: {exc}") from None
+
+    async def _login(self, conn: _Conn, nexthop: str) -> None:
+        """smtp_sasl_auth_enable: AUTH with what smtp_sasl_password_maps has for this
+        server (its host name, then the next hop as written: "[host]:port"), when it
+        offers AUTH; a server that refuses is given up like one that refuses to talk."""
+        if not self._sasl_maps:
+            return
+        p = self._params
+        offered = conn.core.extensions.auth
+        if not offered:
+            return
+        if p.smtp_sasl_mechanism_filter and not sasl_client.choose(
+            offered, p.smtp_sasl_mechanism_filter, ()
+        ):
+            self._log.warning(
+                "smtp", f"{conn.relay} offered no supported AUTH mechanisms: '{' '.join(offered)}'"
+            )
+            return
+        found = self._credentials(conn.host, nexthop)
+        if found is None:
+            return
+        user, password = found
+        if conn.tls is None:
+            options = p.smtp_sasl_security_options
+        elif conn.tls.info.trust == "Verified":
+            options = p.smtp_sasl_tls_verified_security_options
+        else:
+            options = p.smtp_sasl_tls_security_options
+        name = sasl_client.choose(offered, p.smtp_sasl_mechanism_filter, options)
+        if name is None:
+            # Cyrus's words when its security properties leave nothing (SASL_NOMECH).
+            self._log.warning("smtp", "SASL authentication failure: No worthy mechs found")
+            raise _SessionFailed(
+                "4.7.0",
+                f"SASL authentication failed; cannot authenticate to server "
+                f"{conn.namaddr}: no mechanism available",
+                relay=conn.relay,
+            )
+        mech = sasl_client.mechanism(name, user, password)
+        try:
+            await self._sasl_exchange(conn, mech)
+        except _Timeout:
+            raise _SessionFailed(
+                "4.4.2", logfmt.conversation_timed_out(conn.namaddr, conn.core.stage)
+            ) from None
+        except (TLSError, OSError) as exc:
+            raise _SessionFailed("4.4.2", f"lost connection with {conn.namaddr}: {exc}") from None
+
+    async def _sasl_exchange(self, conn: _Conn, mech: sasl_client.ClientMechanism) -> None:
+        core = conn.core
+        core.authenticate(mech.name, mech.initial())
+        for _ in range(100):  # Postfix's bound on challenges
+            ev = await self._next(conn)
+            if isinstance(ev, AuthDone):
+                if ev.ok and (mech.done or not isinstance(mech, sasl_client.Scram)):
+                    return
+                if ev.ok:  # 235 without the server's proof: not the server we meant
+                    raise _SessionFailed(
+                        "4.7.0",
+                        f"SASL authentication failed; cannot authenticate to server "
+                        f"{conn.namaddr}: {sasl_client.BAD_SERVER}",
+                        relay=conn.relay,
+                    )
+                soft = self._params.smtp_sasl_auth_soft_bounce
+                dsn = _soft(ev.reply.dsn) if soft else ev.reply.dsn
+                raise _SessionFailed(
+                    dsn,
+                    f"SASL authentication failed; server {conn.namaddr} said: {ev.reply}",
+                    final=dsn.startswith("5"),
+                    relay=conn.relay,
+                )
+            if isinstance(ev, ConnectionFailed):
+                raise _SessionFailed(ev.dsn, ev.reason(conn.namaddr))
+            if not isinstance(ev, AuthChallenge):
+                raise _SessionFailed("4.4.2", f"lost connection with {conn.namaddr}")
+            try:
+                if ev.data is None:
+                    raise sasl_client.SaslClientError(f"malformed challenge: {ev.reply}")
+                answer = mech.step(ev.data)
+            except sasl_client.SaslClientError as exc:
+                # As Postfix: the plug-in's complaint as a warning, then QUIT (no "*").
+                self._log.warning("smtp", f"SASL authentication failure: {exc.detail}")
+                raise _SessionFailed(
+                    "4.7.0",
+                    f"SASL authentication failed; cannot authenticate to server "
+                    f"{conn.namaddr}: {exc.reason}",
+                    relay=conn.relay,
+                ) from None
+            core.auth_respond(answer)
+        raise _SessionFailed(
+            "4.3.0",
+            f"SASL authentication failed; authentication protocol loop with server {conn.namaddr}",
+        )
+
+    def _credentials(self, host: str, nexthop: str) -> tuple[str, str] | None:
+        """ "user:password" for the server's name, else for the next hop (Postfix folds
+        both keys to lower case)."""
+        for key in dict.fromkeys((host.lower(), nexthop.lower())):
+            for table in self._sasl_maps:
+                value = table.lookup(key)
+                if value is not None:
+                    user, _, password = value.partition(":")
+                    return user, password
+        return None
 
     async def _handshake(
         self, conn: _Conn, nexthop: str, policy: TLSPolicy, *, fallback: bool
@@ -664,13 +802,14 @@ def _same(
     conn_time: float = 0.0,
     xfer: float = 0.0,
     conn_use: int = 1,
+    relay: str | None = None,
 ) -> list[AgentResult]:
     """One outcome for every recipient (a failure before or outside the server's replies);
     relay=none when no session was made."""
     result = DeliveryResult(status, dsn, text)  # type: ignore[arg-type]
     one = AgentResult(
         result,
-        relay=conn.relay if conn else "none",
+        relay=conn.relay if conn else relay or "none",
         conn_time=conn_time,
         xfer_time=xfer,
         conn_use=conn_use,

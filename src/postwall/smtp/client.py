@@ -29,6 +29,8 @@ Caller loop (the outbound delivery agent):
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from collections import deque
 from dataclasses import dataclass, field
@@ -41,6 +43,8 @@ from postwall.smtp.server import CLOSED, NEED_DATA, ProtocolMisuse, _Sentinel
 __all__ = [
     "CLOSED",
     "NEED_DATA",
+    "AuthChallenge",
+    "AuthDone",
     "ClientConnection",
     "ClientSettings",
     "ConnectionFailed",
@@ -289,6 +293,28 @@ class StartTLSRefused:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthChallenge:
+    """334 to AUTH (RFC 4954): answer with auth_respond() or give up with auth_cancel().
+
+    `data` is the decoded challenge; None when it was not valid base64."""
+
+    reply: ServerReply
+    data: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuthDone:
+    """The server's final answer to AUTH: 235 (`ok`) or a refusal; either way the session
+    is idle again (Postfix gives a server that refused up: the caller quits)."""
+
+    reply: ServerReply
+
+    @property
+    def ok(self) -> bool:
+        return self.reply.code // 100 == 2
+
+
+@dataclass(frozen=True, slots=True)
 class TransactionDone:
     results: tuple[RecipientResult, ...]
     reusable: bool  # False: the final RSET was refused; quit instead of another mail
@@ -327,6 +353,8 @@ Event = (
     | Refused
     | StartTLSReady
     | StartTLSRefused
+    | AuthChallenge
+    | AuthDone
     | TransactionDone
     | RsetDone
     | ConnectionFailed
@@ -338,6 +366,8 @@ _STAGE = {
     "ehlo": "performing the EHLO handshake",
     "helo": "performing the HELO handshake",
     "starttls": "receiving the STARTTLS response",
+    # Postfix authenticates inside its EHLO step, and words a failure there the same way.
+    "auth": "performing the EHLO handshake",
     "mail": "sending MAIL FROM",
     "rcpt": "sending RCPT TO",
     "data": "sending DATA command",
@@ -467,7 +497,7 @@ def encode_content(content: bytes, line_limit: int = CONTENT_LINE_LIMIT) -> byte
 # -- the state machine ----------------------------------------------------------------
 
 # Session states
-_GREETING, _HELLO, _READY, _STARTTLS, _TLS_WAIT, _TX, _RSET, _REFUSED, _DONE = range(9)
+_GREETING, _HELLO, _READY, _STARTTLS, _TLS_WAIT, _TX, _RSET, _REFUSED, _DONE, _AUTH = range(10)
 
 
 @dataclass
@@ -585,6 +615,31 @@ class ClientConnection:
         # RFC 3207 4.2: after TLS the client must send EHLO first (Postfix always does).
         self._command("ehlo", f"EHLO {self.settings.helo_name}\r\n".encode())
 
+    def authenticate(self, mechanism: str, initial: bytes | None) -> None:
+        """Send AUTH (RFC 4954) with the initial response, if any ("=" when empty)."""
+        self._require(_READY, "authenticate()")
+        if not re.fullmatch(r"[A-Z0-9_-]{1,20}", mechanism):
+            raise ValueError(f"bad SASL mechanism name {mechanism!r}")
+        line = f"AUTH {mechanism}"
+        if initial is not None:
+            line += " " + (base64.b64encode(initial).decode() if initial else "=")
+        self._state = _AUTH
+        self._command("auth", line.encode() + b"\r\n")
+
+    def auth_respond(self, data: bytes) -> None:
+        """Answer the last AuthChallenge."""
+        self._require(_AUTH, "auth_respond()")
+        if self._expect:
+            raise ProtocolMisuse("auth_respond() before the challenge")
+        self._command("auth", base64.b64encode(data) + b"\r\n")
+
+    def auth_cancel(self) -> None:
+        """RFC 4954 4: "*" ends the exchange; the server answers 501."""
+        self._require(_AUTH, "auth_cancel()")
+        if self._expect:
+            raise ProtocolMisuse("auth_cancel() before the challenge")
+        self._command("auth", b"*\r\n")
+
     def send_mail(self, msg: OutMessage) -> None:
         """Run one transaction; raises ValueError (nothing sent) for unsafe envelope data."""
         self._require(_READY, "send_mail()")
@@ -629,7 +684,9 @@ class ClientConnection:
             self._out.append(b"QUIT\r\n")
             self._quit_after_tx = True
             return
-        if self._state not in (_READY, _REFUSED):
+        if self._state == _AUTH and not self._expect:
+            pass  # the client gives up on a challenge it cannot answer, as Postfix does
+        elif self._state not in (_READY, _REFUSED):
             raise ProtocolMisuse("quit() only when idle or refused")
         self._out.append(b"QUIT\r\n")
         self._finish_session()
@@ -710,6 +767,17 @@ class ClientConnection:
             else:
                 self._state = _READY
                 self._events.append(StartTLSRefused(reply))
+        elif tag == "auth":
+            if reply.code == 334:
+                text = reply.raw[0][4:].strip() if reply.raw else ""
+                try:
+                    data: bytes | None = base64.b64decode(text, validate=True)
+                except binascii.Error:
+                    data = None
+                self._events.append(AuthChallenge(reply, data))
+            else:
+                self._state = _READY
+                self._events.append(AuthDone(reply))
         elif tag == "rset":
             self._state = _READY
             self._events.append(RsetDone(reply))
