@@ -91,13 +91,15 @@ def sasl_receiver(
     postwall_factory: Callable[..., peers.PostwallServer], certs: peers.TestCerts, tmp_path: Path
 ) -> peers.PostwallServer:
     """A postwall that takes mail for root@b.test from authenticated clients only (user
-    alice, peers.SASL_PASSWORD; PLAIN, LOGIN and SCRAM-SHA-256; STARTTLS offered)."""
+    alice, peers.SASL_PASSWORD; PLAIN, LOGIN and SCRAM-SHA-256): STARTTLS offered on
+    `port`, implicit TLS (as on 465) on `smtps_port`."""
     pwfile = tmp_path / "sasl_passwd"
     res = peers.run_postwall(
         "saslpasswd", "-f", str(pwfile), "add", "alice", stdin=peers.SASL_PASSWORD
     )
     assert res.returncode == 0, res.stderr
-    return postwall_factory(
+    smtps_port = peers.free_port()
+    made = postwall_factory(
         params={
             "smtpd_tls_cert_file": str(certs.server_cert),
             "smtpd_tls_key_file": str(certs.server_key),
@@ -109,8 +111,13 @@ def sasl_receiver(
             "smtpd_recipient_restrictions": "permit_sasl_authenticated, reject",
             "mydestination": "localhost, b.test",
             "smtpd_error_sleep_time": "0",
-        }
+        },
+        extra_services=[
+            f"127.0.0.1:{smtps_port} inet n - n - - smtpd\n  -o smtpd_tls_wrappermode=yes"
+        ],
     )
+    made.smtps_port = smtps_port  # type: ignore[attr-defined]
+    return made
 
 
 @pytest.fixture(scope="session")

@@ -733,12 +733,14 @@ class Exim:
             "trusted_users = root\n"
         )
 
-    def serve(self, domain: str) -> Exim:
+    def serve(self, domain: str, *, implicit_tls: bool = False) -> Exim:
+        """`implicit_tls`: TLS from the first byte on the port (SMTPS), no STARTTLS."""
         d, conf = self.directory, self.directory / "server.conf"
         conf.write_text(
             self._common() + f"primary_hostname = exim.{domain}\n"
             f"daemon_smtp_ports = {self.port}\n"
-            "local_interfaces = 127.0.0.1\n"
+            + (f"tls_on_connect_ports = {self.port}\n" if implicit_tls else "")
+            + "local_interfaces = 127.0.0.1\n"
             f"domainlist local_domains = {domain}\n"
             "tls_advertise_hosts = *\n"
             f"tls_certificate = {self.tls}/server.pem\n"

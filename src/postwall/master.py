@@ -214,7 +214,6 @@ def build_delivery(config: Config, log: MailLog) -> Delivery:
     unsupported = [
         (name, text)
         for name, text in (
-            ("smtp_tls_wrappermode", "implicit TLS towards servers"),
             ("content_filter", "an after-queue content filter"),
             ("mailbox_transport", "mailbox delivery through another transport"),
             ("fallback_transport", "a transport for recipients not in passwd"),

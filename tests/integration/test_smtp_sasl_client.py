@@ -9,6 +9,7 @@ wording for each failure.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -148,6 +149,65 @@ def test_without_credentials_for_the_server_no_auth_is_tried(
     line = relay.wait_log(STATUS.format(relay=hop, dsn=r"5\.7\.1", status="bounced"))
     assert "Relay access denied" in line.group("text") or "Access denied" in line.group("text")
     assert "sasl_method" not in sasl_receiver.log_text()
+
+
+def test_a_smarthost_with_implicit_tls_and_a_password(
+    postwall_factory: Callable[..., peers.PostwallServer],
+    sasl_receiver: peers.PostwallServer,
+    tmp_path: Path,
+) -> None:
+    """The relayhost = [host]:465 set-up: smtp_tls_wrappermode, at `may` as many how-tos
+    write it (Postfix's warning, then encrypt), and PLAIN over that TLS."""
+    port = sasl_receiver.smtps_port  # type: ignore[attr-defined]
+    relay = _relay(
+        postwall_factory,
+        sasl_receiver,
+        tmp_path,
+        key=f"[127.0.0.1]:{port}",
+        relayhost=f"[127.0.0.1]:{port}",
+        smtp_tls_wrappermode="yes",
+        smtp_tls_security_level="may",
+        smtp_tls_loglevel="1",
+        smtp_sasl_mechanism_filter="plain",
+    )
+    relay.wait_log(
+        r"smtp\[\d+\]: warning: smtp_tls_wrappermode requires "
+        r'"smtp_tls_security_level = encrypt" \(or stronger\)'
+    )
+    _send(relay, "sasl.smtps")
+    hop = rf"127\.0\.0\.1\[127\.0\.0\.1\]:{port}"
+    relay.wait_log(rf"smtp\[\d+\]: Untrusted TLS connection established to {hop}: TLSv1\.3")
+    relay.wait_log(STATUS.format(relay=hop, dsn=r"2\.0\.0", status="sent"))
+    sasl_receiver.wait_log(r"sasl_method=PLAIN, sasl_username=alice")
+    (msg,) = peers.wait_maildir(sasl_receiver.maildir("root"), 1)
+    assert b"Subject: sasl.smtps" in msg and b"with ESMTPSA id" in msg
+    assert "SMTPS wrappermode (TCP port 465)" not in relay.log_text()
+
+
+def test_the_smtps_port_without_wrappermode_gets_postfix_s_hint(
+    postwall_factory: Callable[..., peers.PostwallServer],
+) -> None:
+    """Without smtp_tls_wrappermode a session to port 465 waits for a greeting that an
+    SMTPS server never sends in plaintext: Postfix names the two settings, so do we."""
+    if peers.port_open("127.0.0.1", 465):
+        pytest.skip("127.0.0.1:465 is taken on this machine")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 465))
+    listener.listen(1)
+    try:
+        relay = postwall_factory(params={"relayhost": "[127.0.0.1]:465", "smtp_helo_timeout": "2s"})
+        _send(relay, "sasl.hint")
+        relay.wait_log(
+            r"smtp\[\d+\]: SMTPS wrappermode \(TCP port 465\) requires setting "
+            r'"smtp_tls_wrappermode = yes", and "smtp_tls_security_level = encrypt" '
+            r"\(or stronger\)"
+        )
+        relay.wait_log(
+            r"status=deferred \(conversation with 127\.0\.0\.1\[127\.0\.0\.1\] timed out "
+            r"while receiving the initial server greeting\)"
+        )
+    finally:
+        listener.close()
 
 
 def test_start_up_refuses_what_postfix_smtp_dies_of(

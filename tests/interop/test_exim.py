@@ -131,3 +131,38 @@ def test_postwall_relays_to_exim_over_required_tls(
     assert b"Subject: to.exim" in delivered
     assert b"Return-path: <alice@postwall.test>" in delivered
     assert b"by postwall.test (postwall) with ESMTP id " + sent.group(1).encode() in delivered
+
+
+def test_postwall_relays_to_exim_over_implicit_tls(
+    postwall_factory: Callable[..., peers.PostwallServer],
+    certs: peers.TestCerts,
+    exim: peers.Exim,
+) -> None:
+    """smtp_tls_wrappermode against Exim's tls_on_connect_ports (SMTPS, RFC 8314)."""
+    exim.serve("exim.test", implicit_tls=True)
+    server = postwall_factory(
+        params={
+            "relayhost": f"[127.0.0.1]:{exim.port}",
+            "smtp_tls_wrappermode": "yes",
+            "smtp_tls_security_level": "encrypt",
+            "smtp_tls_loglevel": "1",
+            "smtp_tls_CAfile": str(certs.ca_cert),
+        }
+    )
+    peers.smtp_send(
+        "127.0.0.1",
+        server.port,
+        "alice@postwall.test",
+        ["bob@exim.test"],
+        peers.simple_message("to.exim.smtps", "alice@postwall.test", "bob@exim.test"),
+    )
+    relay = rf"127\.0\.0\.1\[127\.0\.0\.1\]:{exim.port}"
+    sent = server.wait_log(
+        rf"smtp\[\d+\]: \w+: to=<bob@exim\.test>, relay={relay}, .*status=sent "
+        r"\(250 OK id=([\w-]+)\)",
+        timeout=30,
+    )
+    server.wait_log(rf"Trusted TLS connection established to {relay}: TLSv1\.3")
+    exim.wait_log(rf"{sent.group(1)} <= alice@postwall\.test .* P=esmtps X=TLS1\.3:")
+    (delivered,) = peers.wait_maildir(exim.maildir, 1)
+    assert b"Subject: to.exim.smtps" in delivered

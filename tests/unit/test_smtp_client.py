@@ -429,6 +429,18 @@ def test_starttls_refused_keeps_plaintext_session() -> None:
     assert conn.data_to_send().startswith(b"MAIL FROM:")
 
 
+def test_implicit_tls_session_never_sends_starttls() -> None:
+    conn = ClientConnection(ClientSettings(helo_name="client.example.org"))
+    conn.tls_from_start()  # the caller made the handshake first (SMTPS)
+    assert step(conn, b"220 mx.example.test ESMTP\r\n") == ([], b"EHLO client.example.org\r\n")
+    ready = only(step(conn, EHLO_FULL)[0])
+    assert isinstance(ready, Ready) and ready.tls and conn.tls_active
+    with pytest.raises(ProtocolMisuse):
+        conn.starttls()
+    with pytest.raises(ProtocolMisuse):
+        conn.tls_from_start()  # only before the greeting
+
+
 def test_tls_established_without_starttls_is_misuse() -> None:
     conn = session()
     with pytest.raises(ProtocolMisuse):

@@ -79,6 +79,11 @@ from postwall.tls.engine import TLSError, TLSSession
 __all__ = ["SmtpAgent", "TLSPolicy"]
 
 _LEVELS = ("none", "may", "encrypt", "verify", "secure")
+# Postfix's hint when a session to the SMTPS port is not made with implicit TLS.
+_SMTPS_HINT = (
+    'SMTPS wrappermode (TCP port 465) requires setting "smtp_tls_wrappermode = yes", '
+    'and "smtp_tls_security_level = encrypt" (or stronger)'
+)
 _READ_SIZE = 1 << 16
 
 
@@ -210,6 +215,11 @@ class SmtpAgent:
         self._tls = ClientTLS.from_params(params)
         for warning in self._tls.warnings:
             log.warning("smtp", warning)
+        if params.smtp_tls_wrappermode and self._tls.level in ("none", "may"):
+            log.warning(
+                "smtp",
+                'smtp_tls_wrappermode requires "smtp_tls_security_level = encrypt" (or stronger)',
+            )
         self._policy_maps: list[Table] = open_maps(
             params.smtp_tls_policy_maps, Path(params.config_directory)
         )
@@ -285,13 +295,19 @@ class SmtpAgent:
     # -- policy, message ---------------------------------------------------------
 
     def _policy(self, nexthop: str) -> TLSPolicy:
+        policy = TLSPolicy(self._tls.level)
         if self._policy_maps:
             for key in _policy_keys(nexthop):
-                for table in self._policy_maps:
-                    value = table.lookup(key)
-                    if value is not None:
-                        return TLSPolicy.parse(value, f"smtp_tls_policy_maps: {key}")
-        return TLSPolicy(self._tls.level)
+                found = next(
+                    (v for t in self._policy_maps if (v := t.lookup(key)) is not None), None
+                )
+                if found is not None:
+                    policy = TLSPolicy.parse(found, f"smtp_tls_policy_maps: {key}")
+                    break
+        if self._params.smtp_tls_wrappermode and policy.level in ("none", "may"):
+            # TLS from the first byte cannot fall back to plaintext: at least encrypt.
+            policy = TLSPolicy("encrypt", policy.match)
+        return policy
 
     @staticmethod
     def _out_message(msg: QueuedMessage, indexes: Sequence[int]) -> OutMessage:
@@ -482,6 +498,14 @@ class SmtpAgent:
         """Greeting, EHLO and the STARTTLS the policy asks for, up to a ready session."""
         level = policy.level
         stage = "receiving the initial server greeting"
+        if self._params.smtp_tls_wrappermode and conn.tls is None:
+            # Implicit TLS (SMTPS, port 465): the handshake comes before the greeting.
+            early = await self._handshake(conn, nexthop, policy, fallback=False)
+            conn.core.tls_from_start()
+            if early:
+                conn.core.receive_data(early)
+        elif conn.port == 465:
+            self._log.info("smtp", _SMTPS_HINT)
         try:
             while True:
                 stage = conn.core.stage
@@ -636,7 +660,9 @@ class SmtpAgent:
 
     async def _handshake(
         self, conn: _Conn, nexthop: str, policy: TLSPolicy, *, fallback: bool
-    ) -> None:
+    ) -> bytes:
+        """TLS on conn; returns application data that came with the end of the
+        handshake (an implicit-TLS server's greeting, with TLS 1.2)."""
         p = self._params
         peer = conn.relay
         lines: list[str] = []
@@ -654,6 +680,7 @@ class SmtpAgent:
         if p.smtp_tls_loglevel >= 2:
             self._log.info("smtp", describe.setting_up(peer, server_side=False))
         deadline = time.monotonic() + p.smtp_starttls_timeout
+        early = b""
         try:
             while not tls.handshake_done:
                 out = tls.data_to_send()
@@ -671,7 +698,7 @@ class SmtpAgent:
                     raise _Timeout from None
                 if not raw:
                     raise TLSError("lost connection during the TLS handshake")
-                tls.receive(raw)
+                early += tls.receive(raw)
             out = tls.data_to_send()
             if out:
                 conn.writer.write(out)
@@ -697,6 +724,7 @@ class SmtpAgent:
         if p.smtp_tls_session_cache_database:
             conn.session_key = cache_key
             self._remember(conn)
+        return early
 
     def _remember(self, conn: _Conn) -> None:
         """Keep the session for resumption; called again after a transaction, when a

@@ -605,6 +605,13 @@ class ClientConnection:
         self._state = _STARTTLS
         self._command("starttls", b"STARTTLS\r\n")
 
+    def tls_from_start(self) -> None:
+        """Implicit TLS (SMTPS): the caller made the handshake before the greeting."""
+        self._require(_GREETING, "tls_from_start()")
+        if self._buf:
+            raise ProtocolMisuse("tls_from_start() after server bytes")
+        self.tls_active = True
+
     def tls_established(self) -> None:
         """The handshake finished: forget the plaintext session and send EHLO again."""
         self._require(_TLS_WAIT, "tls_established()")
