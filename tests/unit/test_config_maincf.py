@@ -208,15 +208,41 @@ def test_unknown_parameter_warns_unless_referenced(tmp_path: Path) -> None:
     write(
         tmp_path,
         "my_networks_var = 10.0.0.0/8\nmynetworks = 127.0.0.0/8 $my_networks_var\n"
-        "smtpd_restriction_classes = cls\ncls = reject\nstray = 1\nvirtual_alias_maps = x\n",
+        "smtpd_restriction_classes = cls\ncls = reject\nstray = 1\ndisable_dns_lookups = no\n",
     )
     cfg = load(tmp_path)
     assert cfg.params.mynetworks == ("127.0.0.0/8", "10.0.0.0/8")
     assert cfg.warnings == [
         f"{tmp_path}/main.cf:5: stray: unused parameter: stray=1",
-        f"{tmp_path}/main.cf:6: virtual_alias_maps: Postfix parameter not supported by postwall",
+        f"{tmp_path}/main.cf:6: disable_dns_lookups: Postfix parameter not supported by postwall",
     ]
     assert cfg.unused == {"stray"}
+
+
+def test_postfix_features_that_change_the_mail_stop_start_up(tmp_path: Path) -> None:
+    """Ignoring them would deliver elsewhere or differently (an alias not followed, a BCC
+    copy not made, a milter not run): one error per setting, with its line."""
+    write(
+        tmp_path,
+        "virtual_alias_maps = hash:/etc/postfix/virtual\n"
+        "virtual_alias_domains = $virtual_alias_maps\n"  # only follows the maps: no error
+        "always_bcc =\n"  # empty: nothing is asked for
+        "sender_bcc_maps = hash:/etc/postfix/bcc\n",
+    )
+    (tmp_path / "master.cf").write_text(
+        "smtp inet n - n - - smtpd\nsubmission inet n - n - - smtpd\n"
+        "  -o smtpd_milters=inet:localhost:8891\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path)
+    assert err.value.problems == [
+        f"{tmp_path}/main.cf:1: virtual_alias_maps = hash:/etc/postfix/virtual: "
+        "virtual alias rewriting is not supported yet",
+        f"{tmp_path}/main.cf:4: sender_bcc_maps = hash:/etc/postfix/bcc: "
+        "automatic BCC copying is not supported yet",
+        f"{tmp_path}/master.cf:2: smtpd_milters = inet:localhost:8891: "
+        "a milter (mail filter) is not supported yet",
+    ]
 
 
 def test_registry_defaults_equal_an_empty_main_cf(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ Called by the master process, the daemons and the postconf command.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,6 +161,11 @@ def load(config_dir: Path, *, extra: Mapping[str, str] | None = None) -> Config:
         """Warn about a name postwall does not implement; True when nothing uses it."""
         if P.is_known(s.name):
             return False
+        what = _CHANGES_MAIL.get(s.name)
+        if what and s.value.strip() and not _REFERENCE.fullmatch(s.value.strip()):
+            # Ignored, it would change where mail goes or what it carries: refuse.
+            problems.append(f"{s.where}: {s.name} = {s.value}: {what} is not supported yet")
+            return False
         if is_postfix_parameter(s.name, service_names):
             warnings.append(f"{s.where}: {s.name}: Postfix parameter not supported by postwall")
             return False
@@ -187,6 +193,30 @@ def load(config_dir: Path, *, extra: Mapping[str, str] | None = None) -> Config:
     if problems:
         raise ConfigError(list(dict.fromkeys(problems)))
     return Config(config_dir, main_params, built, warnings, settings, unused)
+
+
+# Postfix parameters postwall does not implement whose absence changes where mail goes or
+# what is done to it; set, they stop start-up rather than being ignored with a warning.
+_CHANGES_MAIL = {
+    "virtual_alias_maps": "virtual alias rewriting",
+    "virtual_alias_domains": "virtual alias domains",
+    "virtual_mailbox_domains": "virtual mailbox delivery",
+    "virtual_mailbox_maps": "virtual mailbox delivery",
+    "canonical_maps": "canonical address rewriting",
+    "sender_canonical_maps": "canonical address rewriting",
+    "recipient_canonical_maps": "canonical address rewriting",
+    "masquerade_domains": "address masquerading",
+    "smtp_generic_maps": "outbound address rewriting",
+    "always_bcc": "automatic BCC copying",
+    "sender_bcc_maps": "automatic BCC copying",
+    "recipient_bcc_maps": "automatic BCC copying",
+    "relocated_maps": "the relocated users table",
+    "sender_dependent_relayhost_maps": "per-sender relay host selection",
+    "sender_dependent_default_transport_maps": "per-sender transport selection",
+    "smtpd_milters": "a milter (mail filter)",
+    "non_smtpd_milters": "a milter (mail filter)",
+}
+_REFERENCE = re.compile(r"\$\{?\w+\}?")  # e.g. virtual_alias_domains = $virtual_alias_maps
 
 
 def default_params(**raw: str) -> Params:
