@@ -27,6 +27,7 @@ content is never walked line by line; with them, headers are parsed once.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from collections.abc import Callable
@@ -40,6 +41,7 @@ from postwall.config.tables import NotSupportedError, Table, TableError, open_ta
 from postwall.log import MailLog
 from postwall.queue.records import Envelope, Recipient
 from postwall.queue.store import QueueStore
+from postwall.resolve import AddressResolver, AliasExpansionError, VirtualAliases
 from postwall.smtp.replies import Reply
 
 _MISSING_CHECKED = frozenset({b"message-id", b"date", b"from", b"resent-message-id"})
@@ -130,6 +132,26 @@ class Cleanup:
         self._store = store
         self._log = log
         self._on_commit = on_commit
+        # virtual(5) aliases are followed here, before queueing, as in Postfix.
+        self.virtual: VirtualAliases = AddressResolver.from_params(params).virtual
+
+    def _follow_aliases(self, recipients: list[Recipient]) -> list[Recipient]:
+        """Each recipient replaced by its virtual alias expansion; a new address keeps
+        the one it came from as `original` (logged as orig_to=, X-Original-To:).
+        Duplicates go, as Postfix's cleanup drops them (same address, original and DSN
+        attributes)."""
+        if not self.virtual.maps:
+            return recipients
+        out: list[Recipient] = []
+        seen: set[tuple[str, str, str, frozenset[str]]] = set()
+        for r in recipients:
+            for address in self.virtual.expand(r.address):
+                original = r.original if address == r.address else r.original or r.address
+                key = (address.lower(), original.lower(), r.orcpt, r.notify)
+                if key not in seen:
+                    seen.add(key)
+                    out.append(dataclasses.replace(r, address=address, original=original))
+        return out
 
     def new_queue_id(self) -> str:
         return self._store.new_queue_id()
@@ -143,6 +165,12 @@ class Cleanup:
         checks = self.checks
         content = sub.content
         now = time.time()
+        try:
+            recipients = self._follow_aliases(sub.recipients)
+        except AliasExpansionError as exc:
+            self._log.warning("cleanup", f"{sub.queue_id}: {exc} -- message not accepted")
+            self._store.release_queue_id(sub.queue_id)
+            return Reply(451, "4.7.1", "Error: service unavailable")
         # PREPEND headers (access maps, policy servers) go above the Received header, as
         # Postfix's smtpd sends them to cleanup first; header_checks see them too.
         prepend = "".join(f"{_one_line(h)}\r\n" for h in sub.prepend)
@@ -174,7 +202,7 @@ class Cleanup:
         envelope = Envelope(
             queue_id=sub.queue_id,
             sender=sub.sender,
-            recipients=sub.recipients,
+            recipients=recipients,
             ret=sub.ret,
             envid=sub.envid,
             arrival_time=sub.arrival_time,

@@ -525,6 +525,7 @@ class Master:
             return
         self.log.reopen()
         self.cleanup.checks = checks
+        self.cleanup.virtual = AddressResolver.from_params(config.params).virtual
         self.anvil.time_unit = config.params.anvil_rate_time_unit
         self.pickup.params = config.params
         for name, listener in self.listeners.items():

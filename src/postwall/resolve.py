@@ -28,6 +28,7 @@ from postwall.config.tables import Table, open_table
 
 class AddressClass(Enum):
     LOCAL = "local"  # $mydestination: delivered by the local agent
+    VIRTUAL = "virtual"  # $virtual_alias_domains: every address is an alias, or unknown
     RELAY = "relay"  # $relay_domains: accepted from anyone, sent onward
     REMOTE = "remote"  # anything else: only authorised clients may relay
 
@@ -95,6 +96,7 @@ class AddressResolver:
         transport_maps: Sequence[Table] = (),
         allow_percent_hack: bool = True,
         swap_bangpath: bool = True,
+        virtual_alias_domains: Sequence[str | Table] = (),
     ) -> None:
         self.myhostname = myhostname.lower()
         self.myorigin = myorigin.lower() or self.myhostname
@@ -110,6 +112,11 @@ class AddressResolver:
         self._transport_maps = list(transport_maps)
         self._percent_hack = allow_percent_hack
         self._bangpath = swap_bangpath
+        self._virtual_names = {
+            d.lower().rstrip(".") for d in virtual_alias_domains if isinstance(d, str) and d
+        }
+        self._virtual_tables = [d for d in virtual_alias_domains if isinstance(d, Table)]
+        self.virtual = VirtualAliases(self)  # no tables: rewrites nothing
 
     @classmethod
     def from_params(cls, params: Params) -> AddressResolver:
@@ -117,7 +124,14 @@ class AddressResolver:
         alias_refs = set(params.alias_maps)
         base = Path(params.config_directory)
         tables = [open_table(ref, base, aliases=ref in alias_refs) for ref in maps_ref]
-        return cls(
+        virtual_maps = {ref: open_table(ref, base) for ref in params.virtual_alias_maps}
+        # Domain list entries are names or tables (by default the alias tables themselves,
+        # where a domain is listed when it is a key).
+        virtual_domains: list[str | Table] = [
+            (virtual_maps.get(item) or open_table(item, base)) if ":" in item else item
+            for item in params.virtual_alias_domains
+        ]
+        resolver = cls(
             myhostname=params.myhostname,
             myorigin=params.myorigin,
             mydestination=params.mydestination,
@@ -132,7 +146,16 @@ class AddressResolver:
             transport_maps=[open_table(ref, base) for ref in params.transport_maps],
             allow_percent_hack=params.allow_percent_hack,
             swap_bangpath=params.swap_bangpath,
+            virtual_alias_domains=virtual_domains,
         )
+        resolver.virtual = VirtualAliases(
+            resolver,
+            list(virtual_maps.values()),
+            propagate="virtual" in params.propagate_unmatched_extensions,
+            recursion_limit=params.virtual_alias_recursion_limit,
+            expansion_limit=params.virtual_alias_expansion_limit,
+        )
+        return resolver
 
     def qualify(self, address: str) -> str:
         if not address or "@" in address:
@@ -163,6 +186,8 @@ class AddressResolver:
             stripped = True
         _, domain = split_address(addr)
         domain = domain.lower().rstrip(".")
+        if self.is_virtual_alias_domain(domain):
+            return Resolved(AddressClass.VIRTUAL, addr, stripped)
         if domain in self._relay_domains or _parent_match(domain, self._relay_domains):
             return Resolved(AddressClass.RELAY, addr, stripped)
         return Resolved(AddressClass.REMOTE, addr, stripped)
@@ -183,6 +208,15 @@ class AddressResolver:
             except ValueError:
                 return False
         return False
+
+    def is_virtual_alias_domain(self, domain: str) -> bool:
+        """virtual_alias_domains: a listed name, or a key of a listed table (exact: the
+        list is not in parent_domain_matches_subdomains)."""
+        if not domain:
+            return False
+        return domain in self._virtual_names or any(
+            t.lookup(domain) is not None for t in self._virtual_tables
+        )
 
     def local_user(self, address: str) -> str:
         """The mailbox owner of a local address: the local part without its extension."""
@@ -212,6 +246,10 @@ class AddressResolver:
         resolved = self.resolve(qualified)
         if resolved.cls is AddressClass.LOCAL:
             default = Destination(self._local_transport, self.myhostname, qualified)
+        elif resolved.cls is AddressClass.VIRTUAL:
+            # Left after cleanup's alias expansion: no such alias (trivial-rewrite's
+            # error:5.1.1 for the virtual alias class).
+            return Destination("error", "5.1.1 User unknown in virtual alias table", qualified)
         else:
             transport, _, nexthop = self._default_transport.partition(":")
             if not nexthop:
@@ -245,6 +283,113 @@ class AddressResolver:
                 if value is not None:
                     return value
         return None
+
+
+class AliasExpansionError(Exception):
+    """A virtual alias chain over the recursion or expansion limit: Postfix's cleanup
+    warns and the message is not accepted (451 4.7.1)."""
+
+
+class VirtualAliases:
+    """virtual(5) alias rewriting, as Postfix's cleanup applies it to every recipient
+    before the message is queued (so the queue holds the final addresses, each with the
+    address it came from as `original`).
+
+    Lookup order (mail_addr_find): user+ext@domain, user@domain, then user+ext and user
+    when the domain is local (mydestination, an address literal of ours), then @domain.
+    A result found without the extension gets it back (propagate_unmatched_extensions
+    has `virtual`).  Results are expanded again; an address that maps to itself stays;
+    duplicates are dropped; past virtual_alias_recursion_limit lookups of one address or
+    virtual_alias_expansion_limit addresses, AliasExpansionError.
+    """
+
+    def __init__(
+        self,
+        resolver: AddressResolver,
+        maps: Sequence[Table] = (),
+        *,
+        propagate: bool = True,
+        recursion_limit: int = 1000,
+        expansion_limit: int = 1000,
+    ) -> None:
+        self._resolver = resolver
+        self.maps = list(maps)
+        self._propagate = propagate
+        self._recursion_limit = recursion_limit
+        self._expansion_limit = expansion_limit
+
+    def lookup(self, address: str) -> list[str] | None:
+        """One level: the addresses `address` is an alias for, or None."""
+        if not self.maps:
+            return None
+        r = self._resolver
+        address = r.qualify(address)
+        local, domain = split_address(address)
+        user = r.local_user(address)
+        ext = local[len(user) + 1 :] if user != local else ""
+        keys: list[tuple[str, bool]] = [(address, False)]
+        if ext:
+            keys.append((f"{user}@{domain}", True))
+        if r._is_local_domain(domain.lower().rstrip(".")):
+            keys.append((local, False))
+            if ext:
+                keys.append((user, True))
+        keys.append((f"@{domain}", False))
+        for i, (key, stripped) in enumerate(keys):
+            for table in self.maps:
+                value = table.query(key.lower() if "@" in key else key, partial=i > 0)
+                if value is None:
+                    continue
+                found = [r.qualify(a.strip()) for a in value.split(",") if a.strip()]
+                if stripped and ext and self._propagate:
+                    delim = local[len(user)]
+                    found = [_with_extension(a, delim + ext) for a in found]
+                return found
+        return None
+
+    def expand(self, address: str) -> list[str]:
+        """The final addresses for one recipient (itself when it is no alias), in
+        Postfix's order: each address is looked up again until it is no alias or maps
+        to itself; further results are appended; duplicates are dropped at the end."""
+        if not self.maps:
+            return [address]
+        out = [address]
+        itself: set[str] = set()
+        i = 0
+        while i < len(out):
+            for count in range(self._recursion_limit + 1):
+                addr = out[i]
+                if addr.lower() in itself:
+                    break
+                if count >= self._recursion_limit:
+                    raise AliasExpansionError(
+                        f"unreasonable virtual_alias_maps map nesting for {address}"
+                    )
+                found = self.lookup(addr)
+                if found is None:
+                    break
+                if any(a.lower() == addr.lower() for a in found):
+                    itself.add(addr.lower())
+                if not found:  # an empty right-hand side: nothing to deliver to
+                    break
+                out[i] = found[0]
+                out.extend(found[1:])
+                if len(out) > self._expansion_limit:
+                    raise AliasExpansionError(
+                        f"unreasonable virtual_alias_maps map expansion size for {address}"
+                    )
+            i += 1
+        first: dict[str, str] = {}
+        for addr in out:
+            first.setdefault(addr.lower(), addr)
+        return list(first.values())
+
+
+def _with_extension(address: str, extension: str) -> str:
+    local, sep, domain = address.rpartition("@")
+    if not sep:
+        return address + extension
+    return f"{local}{extension}@{domain}"
 
 
 def _parent_match(domain: str, domains: set[str]) -> bool:

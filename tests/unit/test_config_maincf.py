@@ -224,8 +224,8 @@ def test_postfix_features_that_change_the_mail_stop_start_up(tmp_path: Path) -> 
     copy not made, a milter not run): one error per setting, with its line."""
     write(
         tmp_path,
-        "virtual_alias_maps = hash:/etc/postfix/virtual\n"
-        "virtual_alias_domains = $virtual_alias_maps\n"  # only follows the maps: no error
+        "canonical_maps = hash:/etc/postfix/canonical\n"
+        "virtual_mailbox_domains = $virtual_mailbox_maps\n"  # only follows the maps: no error
         "always_bcc =\n"  # empty: nothing is asked for
         "sender_bcc_maps = hash:/etc/postfix/bcc\n",
     )
@@ -236,8 +236,8 @@ def test_postfix_features_that_change_the_mail_stop_start_up(tmp_path: Path) -> 
     with pytest.raises(ConfigError) as err:
         load(tmp_path)
     assert err.value.problems == [
-        f"{tmp_path}/main.cf:1: virtual_alias_maps = hash:/etc/postfix/virtual: "
-        "virtual alias rewriting is not supported yet",
+        f"{tmp_path}/main.cf:1: canonical_maps = hash:/etc/postfix/canonical: "
+        "canonical address rewriting is not supported yet",
         f"{tmp_path}/main.cf:4: sender_bcc_maps = hash:/etc/postfix/bcc: "
         "automatic BCC copying is not supported yet",
         f"{tmp_path}/master.cf:2: smtpd_milters = inet:localhost:8891: "

@@ -198,8 +198,6 @@ def load(config_dir: Path, *, extra: Mapping[str, str] | None = None) -> Config:
 # Postfix parameters postwall does not implement whose absence changes where mail goes or
 # what is done to it; set, they stop start-up rather than being ignored with a warning.
 _CHANGES_MAIL = {
-    "virtual_alias_maps": "virtual alias rewriting",
-    "virtual_alias_domains": "virtual alias domains",
     "virtual_mailbox_domains": "virtual mailbox delivery",
     "virtual_mailbox_maps": "virtual mailbox delivery",
     "canonical_maps": "canonical address rewriting",

@@ -230,6 +230,17 @@ class Params:
     )
     relayhost: str = _s("", "Next-hop destination of non-local mail.")
     transport_maps: tuple[str, ...] = _l("", "Lookup tables: recipient to transport:nexthop.")
+    virtual_alias_maps: tuple[str, ...] = _l(
+        "$virtual_maps", "virtual(5) tables: address to addresses.", ()
+    )
+    virtual_alias_domains: tuple[str, ...] = _l(
+        "$virtual_alias_maps", "Domains whose every address is a virtual alias.", ()
+    )
+    virtual_alias_expansion_limit: int = _i("1000", "Addresses one recipient may expand to.", lo=1)
+    virtual_alias_recursion_limit: int = _i("1000", "Depth of nested virtual aliases.", lo=1)
+    propagate_unmatched_extensions: tuple[str, ...] = _l(
+        "canonical, virtual", "Where an address extension carries over to the result."
+    )
     local_recipient_maps: tuple[str, ...] = _l(
         "proxy:unix:passwd.byname $alias_maps",
         "Tables of valid local recipients.",
@@ -335,6 +346,7 @@ class Params:
     smtpd_reject_unlisted_sender: bool = _b("no", "Reject unknown sender addresses.")
     unknown_local_recipient_reject_code: int = _i("550", "Code for unknown local recipients.")
     unknown_relay_recipient_reject_code: int = _i("550", "Code for unknown relay recipients.")
+    unknown_virtual_alias_reject_code: int = _i("550", "Code for unknown virtual aliases.")
     relay_recipient_maps: tuple[str, ...] = _l("", "Valid recipients in relay_domains.")
     relay_domains_reject_code: int = _i("554", "Code for relay access denied.", lo=400, hi=599)
     access_map_reject_code: int = _i("554", "Code for REJECT in access(5) tables.")

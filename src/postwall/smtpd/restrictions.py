@@ -722,6 +722,17 @@ class Restrictions:
         resolved = self._resolver.resolve(address)
         dsn = "5.1.0" if cls == SENDER else "5.1.1"
         show = self.p.show_user_unknown_table_name
+        # Postfix's check_rcpt_maps(): a virtual alias is a valid address in any class.
+        if self._resolver.virtual.lookup(resolved.address) is not None:
+            return None
+        if resolved.cls is AddressClass.VIRTUAL:
+            return self.reject(
+                ctx,
+                self.p.unknown_virtual_alias_reject_code,
+                dsn,
+                f"<{address}>: {cls} rejected: User unknown"
+                + (" in virtual alias table" if show else ""),
+            )
         if resolved.cls is AddressClass.LOCAL:
             user = self._resolver.local_user(resolved.address).lower()
             if user in ("postmaster", "mailer-daemon", self.p.double_bounce_sender.lower()):
