@@ -41,7 +41,7 @@ from postwall.config.tables import NotSupportedError, Table, TableError, open_ta
 from postwall.log import MailLog
 from postwall.queue.records import Envelope, Recipient
 from postwall.queue.store import QueueStore
-from postwall.resolve import AddressResolver, AliasExpansionError, VirtualAliases
+from postwall.resolve import AddressResolver, AliasExpansionError, VirtualAliases, mail_addr_find
 from postwall.smtp.replies import Reply
 
 _MISSING_CHECKED = frozenset({b"message-id", b"date", b"from", b"resent-message-id"})
@@ -115,6 +115,42 @@ class Submission:
         )
 
 
+@dataclass
+class EnvelopeRouting:
+    """What main.cf asks cleanup to do to the envelope: always_bcc, sender_bcc_maps and
+    recipient_bcc_maps (one copy address per lookup, keyed as mail_addr_find: the
+    address, without its extension, the user of a local domain, @domain), and the
+    virtual alias maps every address then goes through."""
+
+    resolver: AddressResolver
+    virtual: VirtualAliases
+    always_bcc: str = ""
+    sender_bcc: list[Table] = field(default_factory=list)
+    recipient_bcc: list[Table] = field(default_factory=list)
+
+    @classmethod
+    def from_params(cls, params: Params) -> EnvelopeRouting:
+        resolver = AddressResolver.from_params(params)
+        base = Path(params.config_directory)
+        return cls(
+            resolver,
+            resolver.virtual,
+            resolver.qualify(params.always_bcc.strip()),
+            [open_table(ref, base) for ref in params.sender_bcc_maps],
+            [open_table(ref, base) for ref in params.recipient_bcc_maps],
+        )
+
+    def bcc(self, sender: str, recipients: list[str]) -> list[str]:
+        found = [self.always_bcc] if self.always_bcc else []
+        if sender and self.sender_bcc:
+            hit = mail_addr_find(self.resolver, self.sender_bcc, sender)
+            found += [hit[0].strip()] if hit else []
+        for rcpt in recipients if self.recipient_bcc else ():
+            hit = mail_addr_find(self.resolver, self.recipient_bcc, rcpt)
+            found += [hit[0].strip()] if hit else []
+        return [self.resolver.qualify(a) for a in found if a]
+
+
 class Cleanup:
     def __init__(
         self,
@@ -132,21 +168,27 @@ class Cleanup:
         self._store = store
         self._log = log
         self._on_commit = on_commit
-        # virtual(5) aliases are followed here, before queueing, as in Postfix.
-        self.virtual: VirtualAliases = AddressResolver.from_params(params).virtual
+        # BCC copies and virtual(5) aliases are applied here, before queueing, as in
+        # Postfix; a reload replaces them (master.py).
+        self.routing = EnvelopeRouting.from_params(params)
 
-    def _follow_aliases(self, recipients: list[Recipient]) -> list[Recipient]:
-        """Each recipient replaced by its virtual alias expansion; a new address keeps
-        the one it came from as `original` (logged as orig_to=, X-Original-To:).
-        Duplicates go, as Postfix's cleanup drops them (same address, original and DSN
-        attributes)."""
-        if not self.virtual.maps:
-            return recipients
+    def _route(self, sub: Submission) -> list[Recipient]:
+        """The recipients to queue: each replaced by its virtual alias expansion (a new
+        address keeps the one it came from as `original`: orig_to=, X-Original-To:),
+        plus the BCC copies for mail from outside; duplicates dropped, as Postfix's
+        cleanup drops them (same address, original and DSN attributes)."""
+        routing = self.routing
+        wanted = [(r, r.address) for r in sub.recipients]
+        if not sub.internal:
+            for bcc in routing.bcc(sub.sender, [r.address for r in sub.recipients]):
+                wanted.append((Recipient(bcc), bcc))
+        if not routing.virtual.maps and len(wanted) == len(sub.recipients):
+            return sub.recipients
         out: list[Recipient] = []
         seen: set[tuple[str, str, str, frozenset[str]]] = set()
-        for r in recipients:
-            for address in self.virtual.expand(r.address):
-                original = r.original if address == r.address else r.original or r.address
+        for r, first in wanted:
+            for address in routing.virtual.expand(first):
+                original = r.original if address == r.address else r.original or first
                 key = (address.lower(), original.lower(), r.orcpt, r.notify)
                 if key not in seen:
                     seen.add(key)
@@ -166,7 +208,7 @@ class Cleanup:
         content = sub.content
         now = time.time()
         try:
-            recipients = self._follow_aliases(sub.recipients)
+            recipients = self._route(sub)
         except AliasExpansionError as exc:
             self._log.warning("cleanup", f"{sub.queue_id}: {exc} -- message not accepted")
             self._store.release_queue_id(sub.queue_id)

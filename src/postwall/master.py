@@ -28,7 +28,7 @@ from pathlib import Path
 
 from postwall import __version__, fsutil, logfmt
 from postwall.anvil import Anvil
-from postwall.cleanup import ChecksError, Cleanup, ContentChecks
+from postwall.cleanup import ChecksError, Cleanup, ContentChecks, EnvelopeRouting
 from postwall.config import Config, ConfigError, Service, load
 from postwall.config.network import Networks
 from postwall.config.params import Params
@@ -525,7 +525,7 @@ class Master:
             return
         self.log.reopen()
         self.cleanup.checks = checks
-        self.cleanup.virtual = AddressResolver.from_params(config.params).virtual
+        self.cleanup.routing = EnvelopeRouting.from_params(config.params)
         self.anvil.time_unit = config.params.anvil_rate_time_unit
         self.pickup.params = config.params
         for name, listener in self.listeners.items():

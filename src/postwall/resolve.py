@@ -285,6 +285,32 @@ class AddressResolver:
         return None
 
 
+def mail_addr_find(
+    resolver: AddressResolver, tables: Sequence[Table], address: str
+) -> tuple[str, str] | None:
+    """Postfix's mail_addr_find(): the first table value for user+ext@domain,
+    user@domain, then user+ext and user when the domain is ours, then @domain; with the
+    extension (delimiter included) when it was dropped to find the key, else ""."""
+    address = resolver.qualify(address)
+    local, domain = split_address(address)
+    user = resolver.local_user(address)
+    ext = local[len(user) :] if user != local else ""
+    keys: list[tuple[str, str]] = [(address, "")]
+    if ext:
+        keys.append((f"{user}@{domain}", ext))
+    if resolver._is_local_domain(domain.lower().rstrip(".")):
+        keys.append((local, ""))
+        if ext:
+            keys.append((user, ext))
+    keys.append((f"@{domain}", ""))
+    for i, (key, dropped) in enumerate(keys):
+        for table in tables:
+            value = table.query(key.lower() if "@" in key else key, partial=i > 0)
+            if value is not None:
+                return value, dropped
+    return None
+
+
 class AliasExpansionError(Exception):
     """A virtual alias chain over the recursion or expansion limit: Postfix's cleanup
     warns and the message is not accepted (451 4.7.1)."""
@@ -323,29 +349,14 @@ class VirtualAliases:
         if not self.maps:
             return None
         r = self._resolver
-        address = r.qualify(address)
-        local, domain = split_address(address)
-        user = r.local_user(address)
-        ext = local[len(user) + 1 :] if user != local else ""
-        keys: list[tuple[str, bool]] = [(address, False)]
-        if ext:
-            keys.append((f"{user}@{domain}", True))
-        if r._is_local_domain(domain.lower().rstrip(".")):
-            keys.append((local, False))
-            if ext:
-                keys.append((user, True))
-        keys.append((f"@{domain}", False))
-        for i, (key, stripped) in enumerate(keys):
-            for table in self.maps:
-                value = table.query(key.lower() if "@" in key else key, partial=i > 0)
-                if value is None:
-                    continue
-                found = [r.qualify(a.strip()) for a in value.split(",") if a.strip()]
-                if stripped and ext and self._propagate:
-                    delim = local[len(user)]
-                    found = [_with_extension(a, delim + ext) for a in found]
-                return found
-        return None
+        hit = mail_addr_find(r, self.maps, address)
+        if hit is None:
+            return None
+        value, extension = hit
+        found = [r.qualify(a.strip()) for a in value.split(",") if a.strip()]
+        if extension and self._propagate:
+            found = [_with_extension(a, extension) for a in found]
+        return found
 
     def expand(self, address: str) -> list[str]:
         """The final addresses for one recipient (itself when it is no alias), in

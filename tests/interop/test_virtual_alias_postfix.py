@@ -1,7 +1,8 @@
-"""virtual_alias_maps and virtual_alias_domains (virtual(5)) against Postfix 3.7: the same
-table, the same recipients, sent to a private Postfix and to postwall.  Compared: the
-reply to each RCPT, and where each accepted recipient went (`to=` and `orig_to=` in the
-delivery lines; both servers discard, so only the routing is compared).
+"""virtual_alias_maps and virtual_alias_domains (virtual(5)), and the BCC maps, against
+Postfix 3.7: the same tables, the same recipients, sent to a private Postfix and to
+postwall.  Compared: the reply to each RCPT, and where each accepted recipient went
+(`to=` and `orig_to=` in the delivery lines; both servers discard, so only the routing
+is compared).
 """
 
 from __future__ import annotations
@@ -43,7 +44,16 @@ DELIVERED = re.compile(r"/discard\[\d+\]: \w+: to=<([^>]*)>(?:, orig_to=<([^>]*)
 
 
 def _params(table: Path) -> dict[str, str]:
+    sender_bcc = table.with_name("sender_bcc")
+    sender_bcc.write_text("sender@client.test  sent-copies@example.com\n")
+    rcpt_bcc = table.with_name("recipient_bcc")
+    rcpt_bcc.write_text("plain@example.com  plain-copy@remote.test\n@catch.test  info@virt.test\n")
+    for path in (sender_bcc, rcpt_bcc):
+        path.chmod(0o644)
     return {
+        "always_bcc": "archive",  # qualified with myorigin
+        "sender_bcc_maps": f"texthash:{sender_bcc}",
+        "recipient_bcc_maps": f"texthash:{rcpt_bcc}",
         "myhostname": "mx.example.com",
         "mydomain": "example.com",
         "myorigin": "example.com",
@@ -99,6 +109,8 @@ def test_same_replies_and_routes_as_postfix(
     got = _routes_when_settled(pw.log_text, count)
     assert got == expected, (got, expected)
     assert ("bob+news@remote.test", "info+news@virt.test") in got  # the extension carried
+    assert ("plain-copy@remote.test", "") in got and ("archive@example.com", "") in got
+    assert ("alice@example.com", "info@virt.test") in got  # a BCC address is an alias too
 
 
 def _routes_when_settled(log: Callable[[], str], messages: int) -> set[tuple[str, str]]:

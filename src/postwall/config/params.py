@@ -236,6 +236,9 @@ class Params:
     virtual_alias_domains: tuple[str, ...] = _l(
         "$virtual_alias_maps", "Domains whose every address is a virtual alias.", ()
     )
+    always_bcc: str = _s("", "Address that gets a copy of every message from outside.")
+    sender_bcc_maps: tuple[str, ...] = _l("", "Copy address by envelope sender.")
+    recipient_bcc_maps: tuple[str, ...] = _l("", "Copy address by envelope recipient.")
     virtual_alias_expansion_limit: int = _i("1000", "Addresses one recipient may expand to.", lo=1)
     virtual_alias_recursion_limit: int = _i("1000", "Depth of nested virtual aliases.", lo=1)
     propagate_unmatched_extensions: tuple[str, ...] = _l(
