@@ -159,6 +159,10 @@ class QueueManager:
         self._fresh: dict[str, Envelope] = {}
         self._in_flight: set[str] = set()
         self._again: set[str] = set()  # flushed while in flight: try once more after
+        # The domains of the pending recipients of each message being delivered, so a
+        # site flush (ETRN) that arrives while its deferral is being recorded still
+        # brings it back.
+        self._in_flight_domains: dict[str, frozenset[str]] = {}
         self._cleanup: Cleanup | None = None  # where notices are queued (attach_cleanup)
         # Deliveries under way (Postfix's agent processes), and messages loaded at once
         # (qmgr_message_active_limit): a message waiting for a busy destination holds
@@ -255,7 +259,16 @@ class QueueManager:
                     found.append(qid)
             return found
 
-        self._start_batch(await asyncio.to_thread(matching), "deferred", again=True)
+        # Being delivered now, perhaps about to be deferred: once more right after (taken
+        # before the scan, which may run while such a message moves to deferred/).
+        busy = [q for q, domains in self._in_flight_domains.items() if site in domains]
+        found = await asyncio.to_thread(matching)
+        self._start_batch(found, "deferred", again=True)
+        self._again.update(q for q in busy if q in self._in_flight)
+        # Finished during the scan: its file is in deferred/ by now.
+        self._start_batch(
+            [q for q in busy if q not in self._in_flight and q not in found], "deferred"
+        )
 
     async def _scan_all(self) -> None:
         await self._scan_state("incoming")
@@ -438,6 +451,7 @@ class QueueManager:
         finally:
             attempt.msg.close()
             self._in_flight.discard(qid)
+            self._in_flight_domains.pop(qid, None)
             if qid in self._again:
                 self._again.discard(qid)
                 self._start_batch([qid], "deferred")
@@ -446,6 +460,9 @@ class QueueManager:
         qid = msg.queue_id
         env = msg.envelope
         active_time = time.time()
+        self._in_flight_domains[qid] = frozenset(
+            r.address.rpartition("@")[2].lower() for r in env.recipients if not r.done
+        )
         if state == "incoming":
             self._log.info(
                 "qmgr", logfmt.queue_active(qid, env.sender, env.size, len(env.recipients))

@@ -180,3 +180,35 @@ def test_site_window_hands_a_freed_slot_to_the_longest_waiter() -> None:
         assert site.busy == 0 and not site._waiters and key not in sites
 
     asyncio.run(asyncio.wait_for(scenario(), 5))
+
+
+def test_a_site_flush_during_the_attempt_brings_the_deferral_back(tmp_path: Path) -> None:
+    """ETRN or `postqueue -s` arriving while a message of the site is being deferred (the
+    status logged, the file not yet in deferred/) must not be lost: the message is tried
+    again right after, not an hour of backoff later."""
+    store = QueueStore(tmp_path / "q")
+    log = MailLog(maillog_file=tmp_path / "maillog", pid=7)
+    attempts: list[float] = []
+
+    async def flaky(
+        msg: QueuedMessage, indexes: Sequence[int], dest: Destination
+    ) -> list[AgentResult]:
+        attempts.append(time.monotonic())
+        if len(attempts) == 1:
+            qmgr.flush_site("example.com")  # the ETRN, while this attempt is under way
+            await asyncio.sleep(0.05)  # the flush's scan of deferred/ finds nothing yet
+            status, dsn = "deferred", "4.3.2"
+        else:
+            status, dsn = "sent", "2.0.0"
+        return [AgentResult(DeliveryResult(status, dsn, "test"), relay="x") for _ in indexes]
+
+    params = Params(minimal_backoff_time=3600.0, maximal_backoff_time=4000.0)
+    qmgr = QueueManager(
+        params, store, log, _resolver("flaky"), agents={"flaky": flaky}, sync_agents={}
+    )
+    env = _envelope(store, 1)
+    asyncio.run(_run(store, qmgr, [[env]]))
+    log.close()
+    store.close()
+    assert len(attempts) == 2
+    assert "status=sent" in (tmp_path / "maillog").read_text()
