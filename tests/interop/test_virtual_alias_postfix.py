@@ -1,4 +1,5 @@
-"""virtual_alias_maps and virtual_alias_domains (virtual(5)), and the BCC maps, against
+"""virtual_alias_maps and virtual_alias_domains (virtual(5)), the BCC maps and
+relocated_maps (refused at RCPT, 5.1.6), against
 Postfix 3.7: the same tables, the same recipients, sent to a private Postfix and to
 postwall.  Compared: the reply to each RCPT, and where each accepted recipient went
 (`to=` and `orig_to=` in the delivery lines; both servers discard, so only the routing
@@ -39,6 +40,8 @@ RECIPIENTS = [
     "deep@virt.test",
     "unknown@virt.test",
     "someone@elsewhere.test",
+    "gone+x@example.com",
+    "x@olddomain.test",
 ]
 DELIVERED = re.compile(r"/discard\[\d+\]: \w+: to=<([^>]*)>(?:, orig_to=<([^>]*)>)?, .*status=sent")
 
@@ -48,16 +51,19 @@ def _params(table: Path) -> dict[str, str]:
     sender_bcc.write_text("sender@client.test  sent-copies@example.com\n")
     rcpt_bcc = table.with_name("recipient_bcc")
     rcpt_bcc.write_text("plain@example.com  plain-copy@remote.test\n@catch.test  info@virt.test\n")
-    for path in (sender_bcc, rcpt_bcc):
+    relocated = table.with_name("relocated")
+    relocated.write_text("gone@example.com  new@elsewhere.test\n@olddomain.test  newdomain.test\n")
+    for path in (sender_bcc, rcpt_bcc, relocated):
         path.chmod(0o644)
     return {
+        "relocated_maps": f"texthash:{relocated}",
         "always_bcc": "archive",  # qualified with myorigin
         "sender_bcc_maps": f"texthash:{sender_bcc}",
         "recipient_bcc_maps": f"texthash:{rcpt_bcc}",
         "myhostname": "mx.example.com",
         "mydomain": "example.com",
         "myorigin": "example.com",
-        "mydestination": "example.com, localhost",
+        "mydestination": "example.com, localhost, olddomain.test",
         "virtual_alias_maps": f"texthash:{table}",
         "recipient_delimiter": "+",
         "local_recipient_maps": "",
@@ -104,6 +110,7 @@ def test_same_replies_and_routes_as_postfix(
     # Replies name the server's host: identical here, both are mx.example.com.
     assert ours == theirs
     assert theirs["unknown@virt.test"].startswith("550 5.1.1 <unknown@virt.test>: Recipient")
+    assert theirs["gone+x@example.com"].endswith("User has moved to new@elsewhere.test")
     count = sum(1 for r in theirs.values() if r.startswith("250"))
     expected = _routes_when_settled(pf.log_text, count)
     got = _routes_when_settled(pw.log_text, count)

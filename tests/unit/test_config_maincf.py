@@ -227,7 +227,7 @@ def test_postfix_features_that_change_the_mail_stop_start_up(tmp_path: Path) -> 
         "canonical_maps = hash:/etc/postfix/canonical\n"
         "virtual_mailbox_domains = $virtual_mailbox_maps\n"  # only follows the maps: no error
         "masquerade_domains =\n"  # empty: nothing is asked for
-        "relocated_maps = hash:/etc/postfix/relocated\n",
+        "recipient_canonical_maps = hash:/etc/postfix/rcanonical\n",
     )
     (tmp_path / "master.cf").write_text(
         "smtp inet n - n - - smtpd\nsubmission inet n - n - - smtpd\n"
@@ -238,8 +238,8 @@ def test_postfix_features_that_change_the_mail_stop_start_up(tmp_path: Path) -> 
     assert err.value.problems == [
         f"{tmp_path}/main.cf:1: canonical_maps = hash:/etc/postfix/canonical: "
         "canonical address rewriting is not supported yet",
-        f"{tmp_path}/main.cf:4: relocated_maps = hash:/etc/postfix/relocated: "
-        "the relocated users table is not supported yet",
+        f"{tmp_path}/main.cf:4: recipient_canonical_maps = hash:/etc/postfix/rcanonical: "
+        "canonical address rewriting is not supported yet",
         f"{tmp_path}/master.cf:2: smtpd_milters = inet:localhost:8891: "
         "a milter (mail filter) is not supported yet",
     ]

@@ -236,6 +236,7 @@ class Params:
     virtual_alias_domains: tuple[str, ...] = _l(
         "$virtual_alias_maps", "Domains whose every address is a virtual alias.", ()
     )
+    relocated_maps: tuple[str, ...] = _l("", "Addresses that moved: new address or text.")
     always_bcc: str = _s("", "Address that gets a copy of every message from outside.")
     sender_bcc_maps: tuple[str, ...] = _l("", "Copy address by envelope sender.")
     recipient_bcc_maps: tuple[str, ...] = _l("", "Copy address by envelope recipient.")

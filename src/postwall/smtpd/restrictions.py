@@ -49,7 +49,13 @@ from postwall.anvil import ClientList
 from postwall.config.network import Networks, is_ip
 from postwall.config.params import Params, split_list
 from postwall.config.tables import NotSupportedError, Table, TableError, open_table
-from postwall.resolve import AddressClass, AddressResolver, internal_form, split_address
+from postwall.resolve import (
+    AddressClass,
+    AddressResolver,
+    internal_form,
+    mail_addr_find,
+    split_address,
+)
 from postwall.smtp.replies import Reply
 from postwall.smtpd import dnsbl, policy
 from postwall.smtpd.policy import PolicyError, PolicyService
@@ -206,6 +212,7 @@ class Restrictions:
         self._relay_rcpt_maps = [
             self._table(ref, "relay_recipient_maps") for ref in params.relay_recipient_maps
         ]
+        self._relocated_maps = [self._table(ref, "relocated_maps") for ref in params.relocated_maps]
         try:
             self._mx_networks = ClientList(params.permit_mx_backup_networks)
         except ValueError as err:
@@ -722,6 +729,12 @@ class Restrictions:
         resolved = self._resolver.resolve(address)
         dsn = "5.1.0" if cls == SENDER else "5.1.1"
         show = self.p.show_user_unknown_table_name
+        if cls == RECIPIENT and self._relocated_maps:
+            moved = mail_addr_find(self._resolver, self._relocated_maps, resolved.address)
+            if moved is not None:
+                return self.reject(
+                    ctx, 550, "5.1.6", f"<{address}>: {cls} rejected: User has moved to {moved[0]}"
+                )
         # Postfix's check_rcpt_maps(): a virtual alias is a valid address in any class.
         if self._resolver.virtual.lookup(resolved.address) is not None:
             return None
