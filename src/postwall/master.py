@@ -225,7 +225,6 @@ def build_delivery(config: Config, log: MailLog) -> Delivery:
         unsupported += [
             (name, text)
             for name, text in (
-                ("smtp_sender_dependent_authentication", "SASL credentials per sender"),
                 ("smtp_sasl_auth_cache_name", "a cache of refused SASL passwords"),
                 ("smtp_send_dummy_mail_auth", "AUTH=<> in MAIL FROM"),
             )

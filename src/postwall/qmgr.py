@@ -406,7 +406,7 @@ class QueueManager:
         for index, recipient in enumerate(env.recipients):
             if recipient.done:
                 continue
-            dest = self._resolver.destination(recipient.address)
+            dest = self._resolver.destination(recipient.address, env.sender)
             agent = self._sync_agents.get(dest.transport)
             if agent is None:
                 return None
@@ -474,7 +474,7 @@ class QueueManager:
         for index, recipient in enumerate(env.recipients):
             if recipient.done:
                 continue
-            dest = self._resolver.destination(recipient.address)
+            dest = self._resolver.destination(recipient.address, env.sender)
             per_rcpt = self._recipient_limit(dest.transport) == 1
             key = (dest.transport, dest.nexthop.lower(), dest.address if per_rcpt else "")
             groups.setdefault(key, (dest, []))[1].append(index)

@@ -97,6 +97,8 @@ class AddressResolver:
         allow_percent_hack: bool = True,
         swap_bangpath: bool = True,
         virtual_alias_domains: Sequence[str | Table] = (),
+        sender_relayhost_maps: Sequence[Table] = (),
+        null_sender_key: str = "<>",
     ) -> None:
         self.myhostname = myhostname.lower()
         self.myorigin = myorigin.lower() or self.myhostname
@@ -117,6 +119,8 @@ class AddressResolver:
         }
         self._virtual_tables = [d for d in virtual_alias_domains if isinstance(d, Table)]
         self.virtual = VirtualAliases(self)  # no tables: rewrites nothing
+        self._sender_relayhosts = list(sender_relayhost_maps)
+        self._null_sender_key = null_sender_key
 
     @classmethod
     def from_params(cls, params: Params) -> AddressResolver:
@@ -147,6 +151,10 @@ class AddressResolver:
             allow_percent_hack=params.allow_percent_hack,
             swap_bangpath=params.swap_bangpath,
             virtual_alias_domains=virtual_domains,
+            sender_relayhost_maps=[
+                open_table(ref, base) for ref in params.sender_dependent_relayhost_maps
+            ],
+            null_sender_key=params.empty_address_relayhost_maps_lookup_key,
         )
         resolver.virtual = VirtualAliases(
             resolver,
@@ -241,7 +249,9 @@ class AddressResolver:
         keys = [local] if local == user else [local, user]
         return any(t.lookup(k) is not None for t in self._local_maps for k in keys)
 
-    def destination(self, address: str) -> Destination:
+    def destination(self, address: str, sender: str | None = None) -> Destination:
+        """Transport and next hop of a recipient; `sender` (the envelope sender, "" for
+        the null sender) picks a sender_dependent_relayhost_maps entry."""
         qualified = self.qualify(address)
         resolved = self.resolve(qualified)
         if resolved.cls is AddressClass.LOCAL:
@@ -253,7 +263,8 @@ class AddressResolver:
         else:
             transport, _, nexthop = self._default_transport.partition(":")
             if not nexthop:
-                nexthop = self._relayhost or split_address(resolved.address)[1]
+                relayhost = self._sender_relayhost(sender) or self._relayhost
+                nexthop = relayhost or split_address(resolved.address)[1]
             default = Destination(transport or "smtp", nexthop, qualified)
         override = self._transport_entry(qualified)
         if override is None:
@@ -261,6 +272,34 @@ class AddressResolver:
         # transport(5): an empty part keeps the default's transport or next hop.
         transport, _, nexthop = override.strip().partition(":")
         return Destination(transport or default.transport, nexthop or default.nexthop, qualified)
+
+    def _sender_relayhost(self, sender: str | None) -> str | None:
+        """sender_dependent_relayhost_maps: the sender address, without its extension,
+        then @domain; the null sender as empty_address_relayhost_maps_lookup_key; a
+        DUNNO result ends the search without an override, as in Postfix."""
+        if sender is None or not self._sender_relayhosts:
+            return None
+        if not sender:
+            keys = [self._null_sender_key]
+        else:
+            sender = self.qualify(sender)
+            local, domain = split_address(sender)
+            user = self.local_user(sender)
+            keys = (
+                [sender, f"{user}@{domain}", f"@{domain}"]
+                if user != local
+                else [
+                    sender,
+                    f"@{domain}",
+                ]
+            )
+        for i, key in enumerate(keys):
+            for table in self._sender_relayhosts:
+                value = table.query(key.lower(), partial=i > 0)
+                if value is not None:
+                    value = value.strip()
+                    return None if value.upper() == "DUNNO" else value or None
+        return None
 
     def _transport_entry(self, address: str) -> str | None:
         """transport(5) lookup order: user+ext@domain, user@domain, domain, .parent

@@ -236,3 +236,31 @@ def _config(tmp_path: Path, text: str) -> Path:
     (d / "main.cf").write_text(text)
     (d / "master.cf").write_text("")
     return d
+
+
+def test_sender_dependent_relayhost_and_credentials(
+    postwall_factory: Callable[..., peers.PostwallServer],
+    sasl_receiver: peers.PostwallServer,
+    tmp_path: Path,
+) -> None:
+    """A multi-account smarthost set-up: alice's mail goes to her provider with her
+    password (looked up by sender), everyone else's to the global relayhost."""
+    relays = tmp_path / "sender_relay"
+    relays.write_text(f"alice@a.test  [127.0.0.1]:{sasl_receiver.port}\n")
+    dead = peers.free_port()  # nothing listens there
+    relay = _relay(
+        postwall_factory,
+        sasl_receiver,
+        tmp_path,
+        key="alice@a.test",
+        relayhost=f"[127.0.0.1]:{dead}",
+        sender_dependent_relayhost_maps=f"texthash:{relays}",
+        smtp_sender_dependent_authentication="yes",
+    )
+    _send(relay, "sasl.sender")
+    sasl_receiver.wait_log(r"sasl_method=SCRAM-SHA-256, sasl_username=alice")
+    hop = rf"127\.0\.0\.1\[127\.0\.0\.1\]:{sasl_receiver.port}"
+    relay.wait_log(STATUS.format(relay=hop, dsn=r"2\.0\.0", status="sent"))
+    message = peers.simple_message("sasl.other", "carol@a.test", "root@b.test")
+    peers.smtp_send("127.0.0.1", relay.port, "carol@a.test", ["root@b.test"], message)
+    relay.wait_log(rf"connect to 127\.0\.0\.1\[127\.0\.0\.1\]:{dead}: Connection refused")

@@ -92,3 +92,33 @@ def test_virtual_alias_domains_are_final_destinations() -> None:
     assert (d.transport, d.nexthop) == ("error", "5.1.1 User unknown in virtual alias table")
     assert r.resolve("someone@other.test").cls is AddressClass.REMOTE
     assert r.resolve("x@sub.virt.test").cls is AddressClass.REMOTE  # exact names only
+
+
+def test_sender_dependent_relayhost() -> None:
+    table = DictTable(
+        "inline:relays",
+        {
+            "alice@example.com": "[smtp.alice.test]:587",
+            "@partner.test": "[relay.partner.test]",
+            "quiet@partner.test": "DUNNO",
+            "<>": "[bounces.example.com]",
+        },
+    )
+    r = AddressResolver.from_params(
+        default_params(
+            myorigin="example.com",
+            mydestination="example.com",
+            relayhost="[smarthost.example.com]",
+            recipient_delimiter="+",
+        )
+    )
+    r._sender_relayhosts = [table]
+    hop = lambda sender: r.destination("bob@remote.test", sender).nexthop  # noqa: E731
+    assert hop("alice@example.com") == "[smtp.alice.test]:587"
+    assert hop("alice+list@example.com") == "[smtp.alice.test]:587"  # without the extension
+    assert hop("carol@partner.test") == "[relay.partner.test]"
+    assert hop("quiet@partner.test") == "[smarthost.example.com]"  # DUNNO: the global one
+    assert hop("") == "[bounces.example.com]"  # the null sender's key
+    assert hop("dave@example.com") == "[smarthost.example.com]"
+    assert hop(None) == "[smarthost.example.com]"  # no sender known: the global one
+    assert r.destination("bob@example.com", "alice@example.com").transport == "local"

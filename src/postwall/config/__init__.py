@@ -205,7 +205,6 @@ _CHANGES_MAIL = {
     "recipient_canonical_maps": "canonical address rewriting",
     "masquerade_domains": "address masquerading",
     "smtp_generic_maps": "outbound address rewriting",
-    "sender_dependent_relayhost_maps": "per-sender relay host selection",
     "sender_dependent_default_transport_maps": "per-sender transport selection",
     "smtpd_milters": "a milter (mail filter)",
     "non_smtpd_milters": "a milter (mail filter)",

@@ -236,6 +236,12 @@ class Params:
     virtual_alias_domains: tuple[str, ...] = _l(
         "$virtual_alias_maps", "Domains whose every address is a virtual alias.", ()
     )
+    sender_dependent_relayhost_maps: tuple[str, ...] = _l(
+        "", "Per-sender relayhost: by envelope sender address, then @domain."
+    )
+    empty_address_relayhost_maps_lookup_key: str = _s(
+        "<>", "Key for the null sender in sender_dependent_relayhost_maps."
+    )
     relocated_maps: tuple[str, ...] = _l("", "Addresses that moved: new address or text.")
     always_bcc: str = _s("", "Address that gets a copy of every message from outside.")
     sender_bcc_maps: tuple[str, ...] = _l("", "Copy address by envelope sender.")

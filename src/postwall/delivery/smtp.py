@@ -268,13 +268,17 @@ class SmtpAgent:
         except Exception as exc:  # the queue file's content cannot be read
             return _same(indexes, "deferred", "4.3.0", f"cannot read message: {exc}")
         key = (dest.nexthop.lower(), f"{policy.level}:{policy.match}")
+        if self._sasl_maps and self._params.smtp_sender_dependent_authentication:
+            # A session logged in for one sender is never reused for another (Postfix
+            # turns connection caching off for this).
+            key = (key[0], f"{key[1]} sender={out.sender.lower()}")
         conn = self._cached(key)
         if conn is not None:
             results = await self._transaction(conn, out, indexes, started, time.monotonic())
             if results is not None:
                 return results
         try:
-            conn = await self._open(dest.nexthop, policy, key)
+            conn = await self._open(dest.nexthop, policy, key, out.sender)
         except _SessionFailed as failed:
             status = "bounced" if failed.dsn.startswith("5") else "deferred"
             return _same(indexes, status, failed.dsn, failed.reason, relay=failed.relay)
@@ -388,7 +392,9 @@ class SmtpAgent:
                 conn.writer.write(conn.tls.data_to_send())
         conn.close()
 
-    async def _open(self, nexthop: str, policy: TLSPolicy, key: tuple[str, str]) -> _Conn:
+    async def _open(
+        self, nexthop: str, policy: TLSPolicy, key: tuple[str, str], sender: str = ""
+    ) -> _Conn:
         """A ready session with the first host that takes one; _SessionFailed if none."""
         p = self._params
         hosts = await self._hosts(nexthop)
@@ -409,7 +415,7 @@ class SmtpAgent:
                 sessions += 1
                 try:
                     await self._hello(conn, nexthop, policy, use_tls=True)
-                    await self._login(conn, nexthop)
+                    await self._login(conn, nexthop, sender)
                     return conn
                 except _SessionFailed as failed:
                     last = failed
@@ -419,7 +425,7 @@ class SmtpAgent:
                 try:  # Postfix's RETRY_AS_PLAINTEXT: same server, no STARTTLS
                     conn = await self._connect(host.hostname, addr, host.port, key)
                     await self._hello(conn, nexthop, policy, use_tls=False)
-                    await self._login(conn, nexthop)
+                    await self._login(conn, nexthop, sender)
                     return conn
                 except _SessionFailed as failed:
                     last = failed
@@ -554,7 +560,7 @@ class SmtpAgent:
         except (TLSError, OSError) as exc:
             raise _SessionFailed("4.4.2", f"lost connection with {conn.namaddr}: {exc}") from None
 
-    async def _login(self, conn: _Conn, nexthop: str) -> None:
+    async def _login(self, conn: _Conn, nexthop: str, sender: str = "") -> None:
         """smtp_sasl_auth_enable: AUTH with what smtp_sasl_password_maps has for this
         server (its host name, then the next hop as written: "[host]:port"), when it
         offers AUTH; a server that refuses is given up like one that refuses to talk."""
@@ -571,7 +577,7 @@ class SmtpAgent:
                 "smtp", f"{conn.relay} offered no supported AUTH mechanisms: '{' '.join(offered)}'"
             )
             return
-        found = self._credentials(conn.host, nexthop)
+        found = self._credentials(conn.host, nexthop, sender)
         if found is None:
             return
         user, password = found
@@ -647,10 +653,22 @@ class SmtpAgent:
             f"SASL authentication failed; authentication protocol loop with server {conn.namaddr}",
         )
 
-    def _credentials(self, host: str, nexthop: str) -> tuple[str, str] | None:
-        """ "user:password" for the server's name, else for the next hop (Postfix folds
-        both keys to lower case)."""
-        for key in dict.fromkeys((host.lower(), nexthop.lower())):
+    def _credentials(self, host: str, nexthop: str, sender: str = "") -> tuple[str, str] | None:
+        """The user and password for the sender (smtp_sender_dependent_authentication:
+        the address, without its extension, @domain; never for the null sender), else
+        for the server's name, else for the next hop; keys folded to lower case."""
+        keys: list[str] = []
+        if "@" in sender and self._params.smtp_sender_dependent_authentication:
+            local, _, domain = sender.lower().rpartition("@")
+            bare = local
+            for delim in self._params.recipient_delimiter:
+                head, sep, _ = local.partition(delim)
+                if sep and head:
+                    bare = head
+                    break
+            keys += [sender.lower(), f"{bare}@{domain}", f"@{domain}"]
+        keys += [host.lower(), nexthop.lower()]
+        for key in dict.fromkeys(keys):
             for table in self._sasl_maps:
                 value = table.lookup(key)
                 if value is not None:
