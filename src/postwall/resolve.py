@@ -99,6 +99,7 @@ class AddressResolver:
         virtual_alias_domains: Sequence[str | Table] = (),
         sender_relayhost_maps: Sequence[Table] = (),
         null_sender_key: str = "<>",
+        relocated_maps: Sequence[Table] = (),
     ) -> None:
         self.myhostname = myhostname.lower()
         self.myorigin = myorigin.lower() or self.myhostname
@@ -121,6 +122,7 @@ class AddressResolver:
         self.virtual = VirtualAliases(self)  # no tables: rewrites nothing
         self._sender_relayhosts = list(sender_relayhost_maps)
         self._null_sender_key = null_sender_key
+        self.relocated_maps = list(relocated_maps)
 
     @classmethod
     def from_params(cls, params: Params) -> AddressResolver:
@@ -155,6 +157,7 @@ class AddressResolver:
                 open_table(ref, base) for ref in params.sender_dependent_relayhost_maps
             ],
             null_sender_key=params.empty_address_relayhost_maps_lookup_key,
+            relocated_maps=[open_table(ref, base) for ref in params.relocated_maps],
         )
         resolver.virtual = VirtualAliases(
             resolver,
@@ -253,6 +256,9 @@ class AddressResolver:
         """Transport and next hop of a recipient; `sender` (the envelope sender, "" for
         the null sender) picks a sender_dependent_relayhost_maps entry."""
         qualified = self.qualify(address)
+        moved = self.relocated(qualified)
+        if moved is not None:  # trivial-rewrite: every class, to the error transport
+            return Destination("error", f"5.1.6 User has moved to {moved}", qualified)
         resolved = self.resolve(qualified)
         if resolved.cls is AddressClass.LOCAL:
             default = Destination(self._local_transport, self.myhostname, qualified)
@@ -272,6 +278,13 @@ class AddressResolver:
         # transport(5): an empty part keeps the default's transport or next hop.
         transport, _, nexthop = override.strip().partition(":")
         return Destination(transport or default.transport, nexthop or default.nexthop, qualified)
+
+    def relocated(self, address: str) -> str | None:
+        """relocated_maps: the new contact of a user or domain that moved, or None."""
+        if not self.relocated_maps:
+            return None
+        hit = mail_addr_find(self, self.relocated_maps, address)
+        return hit[0].strip() if hit is not None else None
 
     def _sender_relayhost(self, sender: str | None) -> str | None:
         """sender_dependent_relayhost_maps: the sender address, without its extension,

@@ -122,3 +122,26 @@ def test_sender_dependent_relayhost() -> None:
     assert hop("dave@example.com") == "[smarthost.example.com]"
     assert hop(None) == "[smarthost.example.com]"  # no sender known: the global one
     assert r.destination("bob@example.com", "alice@example.com").transport == "local"
+
+
+def test_relocated_users_go_to_the_error_transport() -> None:
+    """trivial-rewrite's rule for every class, so mail that never met smtpd's RCPT check
+    (sendmail, notices) bounces as Postfix's error(8) bounces it: dsn=5.1.6."""
+    import asyncio
+
+    from postwall.delivery.agents import error_agent
+
+    r = resolver({})
+    r.relocated_maps = [
+        DictTable("inline:moved", {"gone@example.com": "new@elsewhere.test", "@old.test": "x"})
+    ]
+    d = r.destination("gone+tag@example.com")
+    assert (d.transport, d.nexthop) == ("error", "5.1.6 User has moved to new@elsewhere.test")
+    assert r.destination("anyone@old.test").nexthop == "5.1.6 User has moved to x"
+    assert r.destination("here@example.com").transport == "local"
+    (result,) = asyncio.run(error_agent(None, [0], d))  # type: ignore[arg-type]
+    assert (result.result.status, result.result.dsn, result.result.text) == (
+        "bounced",
+        "5.1.6",
+        "User has moved to new@elsewhere.test",
+    )

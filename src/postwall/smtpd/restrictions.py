@@ -53,7 +53,6 @@ from postwall.resolve import (
     AddressClass,
     AddressResolver,
     internal_form,
-    mail_addr_find,
     split_address,
 )
 from postwall.smtp.replies import Reply
@@ -729,12 +728,11 @@ class Restrictions:
         resolved = self._resolver.resolve(address)
         dsn = "5.1.0" if cls == SENDER else "5.1.1"
         show = self.p.show_user_unknown_table_name
-        if cls == RECIPIENT and self._relocated_maps:
-            moved = mail_addr_find(self._resolver, self._relocated_maps, resolved.address)
-            if moved is not None:
-                return self.reject(
-                    ctx, 550, "5.1.6", f"<{address}>: {cls} rejected: User has moved to {moved[0]}"
-                )
+        moved = self._resolver.relocated(resolved.address) if cls == RECIPIENT else None
+        if moved is not None:
+            return self.reject(
+                ctx, 550, "5.1.6", f"<{address}>: {cls} rejected: User has moved to {moved}"
+            )
         # Postfix's check_rcpt_maps(): a virtual alias is a valid address in any class.
         if self._resolver.virtual.lookup(resolved.address) is not None:
             return None
