@@ -224,10 +224,7 @@ def build_delivery(config: Config, log: MailLog) -> Delivery:
     if params.smtp_sasl_auth_enable:
         unsupported += [
             (name, text)
-            for name, text in (
-                ("smtp_sasl_auth_cache_name", "a cache of refused SASL passwords"),
-                ("smtp_send_dummy_mail_auth", "AUTH=<> in MAIL FROM"),
-            )
+            for name, text in (("smtp_sasl_auth_cache_name", "a cache of refused SASL passwords"),)
             if getattr(params, name)
         ]
     if unsupported:

@@ -169,7 +169,7 @@ def test_check_reports_every_problem_with_file_and_line(initialised: Path) -> No
     _tls_main_cf(
         initialised,
         "smtp_sasl_auth_enable = yes\nsmtp_sasl_password_maps = inline:{a=b:c}\n"
-        "smtp_send_dummy_mail_auth = yes\n",
+        "smtp_sasl_auth_cache_name = proxy:btree:/var/lib/postfix/sasl_auth_cache\n",
     )
     (initialised / "master.cf").write_text(
         "127.0.0.1:2599 inet n - n - - smtpd\n"
@@ -180,7 +180,7 @@ def test_check_reports_every_problem_with_file_and_line(initialised: Path) -> No
     assert re.search(
         rf"{initialised}/master.cf:2: .*smtpd_sasl_type = cyrus: not supported", res.stderr
     )
-    assert re.search(rf"{main}:\d+: smtp_send_dummy_mail_auth = yes: .*not supported", res.stderr)
+    assert re.search(rf"{main}:\d+: smtp_sasl_auth_cache_name = .*: .*not supported", res.stderr)
     (initialised / "master.cf").write_text("127.0.0.1:2599 inet n - n - - smtpd\n")
 
     # Settings postwall knows but does not act on must not be ignored silently: mail

@@ -472,6 +472,15 @@ def test_auth_with_challenges_then_235() -> None:
     assert conn.data_to_send().startswith(b"MAIL FROM:<sender@example.org>")
 
 
+def test_dummy_auth_on_mail_only_when_the_server_offers_auth() -> None:
+    auth_ehlo = EHLO_FULL.replace(b"250 CHUNKING", b"250-CHUNKING\r\n250 AUTH PLAIN")
+    for ehlo, expected in ((auth_ehlo, b" AUTH=<>\r\n"), (EHLO_FULL, b" SMTPUTF8\r\n")):
+        conn = session(ehlo, dummy_mail_auth=True)
+        conn.send_mail(msg("a@x.test", smtputf8=True))
+        mail = conn.data_to_send().split(b"\r\n")[0] + b"\r\n"
+        assert mail.startswith(b"MAIL FROM:<sender@example.org> SIZE=") and mail.endswith(expected)
+
+
 def test_auth_initial_response_refusal_and_cancel() -> None:
     conn = session()
     conn.authenticate("PLAIN", b"\0alice\0secret")

@@ -211,7 +211,10 @@ class SmtpAgent:
     ) -> None:
         self._params = params
         self._log = log
-        self._settings = ClientSettings.from_params(params)
+        self._settings = ClientSettings.from_params(
+            params,
+            dummy_mail_auth=params.smtp_sasl_auth_enable and params.smtp_send_dummy_mail_auth,
+        )
         self._tls = ClientTLS.from_params(params)
         for warning in self._tls.warnings:
             log.warning("smtp", warning)

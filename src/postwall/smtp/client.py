@@ -188,6 +188,8 @@ class ClientSettings:
     line_length_limit: int = CONTENT_LINE_LIMIT  # smtp_line_length_limit; 0 = off
     reply_line_limit: int = REPLY_LINE_LIMIT
     reply_max_lines: int = REPLY_MAX_LINES
+    # smtp_send_dummy_mail_auth with SASL on: AUTH=<> on MAIL when the server offers AUTH.
+    dummy_mail_auth: bool = False
 
     def __post_init__(self) -> None:
         if not self.helo_name or _CTRL.search(self.helo_name) or " " in self.helo_name:
@@ -422,7 +424,7 @@ def _uxtext(text: str) -> str:
     return "".join(out)
 
 
-def mail_command(msg: OutMessage, ext: Extensions) -> bytes:
+def mail_command(msg: OutMessage, ext: Extensions, dummy_auth: bool = False) -> bytes:
     """MAIL FROM with the parameters the server offers (Postfix smtp_proto.c order)."""
     parts = [f"MAIL FROM:{_path(msg.sender, 'sender')}"]
     if ext.size is not None:
@@ -440,6 +442,8 @@ def mail_command(msg: OutMessage, ext: Extensions) -> bytes:
             parts.append(f"RET={msg.ret.upper()}")
     if ext.smtputf8 and msg.smtputf8:
         parts.append("SMTPUTF8")  # RFC 6531 3.4
+    if dummy_auth and ext.auth:
+        parts.append("AUTH=<>")  # RFC 4954 5: the sender is not vouched for
     return (" ".join(parts) + "\r\n").encode("utf-8")
 
 
@@ -653,7 +657,7 @@ class ClientConnection:
         if not msg.recipients:
             raise ValueError("a transaction needs at least one recipient")
         ext = self.extensions
-        commands = [("mail", mail_command(msg, ext))]
+        commands = [("mail", mail_command(msg, ext, self.settings.dummy_mail_auth))]
         commands += [("rcpt", rcpt_command(r, ext)) for r in msg.recipients]
         commands.append(("data", b"DATA\r\n"))
         tx = _Transaction(msg, [None] * len(msg.recipients))
