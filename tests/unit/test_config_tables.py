@@ -74,9 +74,11 @@ def test_inline_and_static() -> None:
 
 def test_unsupported_and_missing_tables(tmp_path: Path) -> None:
     with pytest.raises(NotSupportedError, match="not supported"):
-        open_table("cidr:/etc/postfix/client_access")
+        open_table("mysql:/etc/postfix/client_access.cf")
     with pytest.raises(NotSupportedError):
         open_table("ldap:/x")
+    with pytest.raises(TableError, match="No such file"):
+        open_table(f"cidr:{tmp_path}/missing")
     with pytest.raises(TableError, match="No such file"):
         open_table(f"regexp:{tmp_path}/missing")
     with pytest.raises(TableError, match="No such file"):

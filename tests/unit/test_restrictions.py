@@ -93,7 +93,7 @@ def test_open_relay_configurations_refuse_to_start(tmp_path: Path) -> None:
     [
         {"smtpd_client_restrictions": "check_client_a_access texthash:x"},
         {"smtpd_recipient_restrictions": "reject_unverified_recipient, reject"},
-        {"smtpd_helo_restrictions": "check_helo_access cidr:/x"},
+        {"smtpd_helo_restrictions": "check_helo_access mysql:/x"},
         {"smtpd_end_of_data_restrictions": "check_client_mx_access texthash:x"},
     ],
 )
@@ -430,3 +430,21 @@ def test_restriction_class_errors_stop_start_up(tmp_path: Path) -> None:
             classes={"a": "b", "b": "permit_mynetworks, a"},
             smtpd_recipient_restrictions="a, reject_unauth_destination",
         )
+
+
+def test_check_client_access_with_a_cidr_table(tmp_path: Path) -> None:
+    """The usual cidr: use: networks refused or trusted by address; the table answers the
+    whole address only (no subnet keys are tried on it)."""
+    maps = {"clients.cidr": "198.51.100.0/24  REJECT listed network\n198.51.100.7  OK\n"}
+    r = make(
+        tmp_path,
+        maps,
+        smtpd_client_restrictions="check_client_access cidr:clients.cidr",
+    )
+    d = rcpt(r, outside(), "root@mx.example.com")  # 198.51.100.7: the /24 comes first
+    assert str(d.reply) == (
+        "554 5.7.1 <client.example.org[198.51.100.7]>: Client host rejected: listed network"
+    )
+    other = outside()
+    other.addr = "203.0.113.9"
+    assert rcpt(r, other, "root@mx.example.com").reply is None

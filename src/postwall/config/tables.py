@@ -22,6 +22,7 @@ local delivery (aliases), smtpd (access and recipient checks), the queue manager
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import pwd
 from collections.abc import Callable, Iterable
@@ -121,6 +122,110 @@ class PatternTable(Table):
         self.results = rules.results  # type: ignore[method-assign]
 
 
+_Net = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class CidrTable(Table):
+    """cidr_table(5): `[!]network[/prefix] result` rules in file order, `if [!]network`
+    .. `endif` blocks; the first match wins.  A key must be a bare IP address (Postfix
+    does not match "[::1]"); a negated rule matches only addresses of its own family.
+    A broken rule is skipped with Postfix's warning, the rest of the table works."""
+
+    fixed = False
+
+    def __init__(self, ref: str, path: str, text: str) -> None:
+        super().__init__(ref)
+        # (op, network, negated, result, index of the matching endif for "if")
+        self.rules: list[tuple[str, _Net | None, bool, str, int]] = []
+        stack: list[tuple[int, int]] = []  # (rule index, line) of each open "if"
+        for num, line in logical_lines(text):
+            where = f"cidr map {path}, line {num}"
+            word, _, rest = line.strip().partition(" ")
+            rest = rest.strip()
+            if word.lower() == "endif":
+                if not stack:
+                    self.warnings.append(f"{where}: ENDIF without IF: skipping this rule")
+                    continue
+                index, _line = stack.pop()
+                op, net, neg, result, _ = self.rules[index]
+                self.rules[index] = (op, net, neg, result, len(self.rules))
+                self.rules.append(("endif", None, False, "", -1))
+                continue
+            is_if = word.lower() == "if"
+            pattern, result = (
+                (rest.split(None, 1)[0] if rest else "", "")
+                if is_if
+                else (
+                    word,
+                    rest,
+                )
+            )
+            if not is_if and not result:
+                self.warnings.append(f"{where}: no lookup result: skipping this rule")
+                continue
+            negated = pattern.startswith("!")
+            try:
+                net = _cidr_pattern(pattern[1:] if negated else pattern)
+            except ValueError as err:
+                self.warnings.append(f"{where}: {err}: skipping this rule")
+                continue
+            if is_if:
+                stack.append((len(self.rules), num))
+            self.rules.append(("if" if is_if else "match", net, negated, result, -1))
+        for _index, line in reversed(stack):
+            self.warnings.append(f"cidr map {path}, line {line}: IF has no matching ENDIF")
+
+    def lookup(self, key: str) -> str | None:
+        try:
+            addr = ipaddress.ip_address(key)
+        except ValueError:
+            return None
+        i = 0
+        while i < len(self.rules):
+            op, net, negated, result, endif = self.rules[i]
+            if op == "endif":
+                i += 1
+                continue
+            assert net is not None
+            hit = addr.version == net.version and (addr in net) != negated
+            if op == "match":
+                if hit:
+                    return result
+            elif not hit:  # an "if" that does not match skips its block
+                if endif < 0:
+                    return None
+                i = endif
+            i += 1
+        return None
+
+    def results(self) -> list[str]:
+        return [r[3] for r in self.rules if r[0] == "match"]
+
+
+def _cidr_pattern(text: str) -> _Net:
+    """Postfix cidr_match_parse() wording for the two ways a pattern can be wrong (it
+    quotes the pattern with its brackets removed)."""
+    host, slash, length = text.partition("/")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    bare = f"{host}{slash}{length}"
+    try:
+        addr = ipaddress.ip_address(host)
+        if not slash:
+            return ipaddress.ip_network(addr)
+        if not length.isdigit():
+            raise ValueError
+        return ipaddress.ip_network(f"{addr}/{length}", strict=True)
+    except ValueError as err:
+        if slash and length.isdigit() and "host bits set" in str(err):
+            fixed = ipaddress.ip_network(f"{host}/{length}", strict=False)
+            raise ValueError(
+                f'non-null host address bits in "{bare}", '
+                f'perhaps you should use "{fixed.network_address}/{length}" instead'
+            ) from None
+        raise ValueError(f'bad network value in "{bare}"') from None
+
+
 class EmptyTable(Table):
     def lookup(self, key: str) -> str | None:
         return None
@@ -201,7 +306,7 @@ def open_table(
     if not colon or not kind:
         raise TableError(f'table "{ref}" must be of the form type:name')
     kind = kind.lower()
-    if kind in _FILE_TYPES or kind in ("regexp", "pcre"):
+    if kind in _FILE_TYPES or kind in ("regexp", "pcre", "cidr"):
         path = Path(name)
         if base is not None and not path.is_absolute():
             path = base / path
@@ -214,6 +319,8 @@ def open_table(
             raise TableError(f"{ref}: open {path}: {err.strerror}") from None
         if kind in ("regexp", "pcre"):
             return PatternTable(ref, compile_rules(kind, str(path), text))
+        if kind == "cidr":
+            return CidrTable(ref, str(path), text)
         return parse_source(text, ref, str(path), aliases=aliases)
     if kind == "inline":
         return _inline(ref, name)
