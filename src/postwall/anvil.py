@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from postwall.config.network import NetworkError, Networks, parse_network
+from postwall.config.tables import Table, open_table
 
 # About 250 bytes an entry with its key: 100,000 clients cost some 25 MB at most.
 DEFAULT_MAX_ENTRIES = 100_000
@@ -241,11 +242,12 @@ def _ctime15(when: float) -> str:
 class ClientList:
     """smtpd_client_event_limit_exceptions: Postfix's namadr list, matching a client by
     address (networks, as in mynetworks) or by name (a host name, or `.domain` for the
-    names under it), first match wins, `!` negates.  `type:table` entries are not
-    supported (ValueError)."""
+    names under it), first match wins, `!` negates.  A `type:table` entry matches when
+    the table lists the client's name or address (as in mynetworks, its result is not
+    used); an unsupported table type is a ValueError."""
 
     def __init__(self, patterns: Iterable[str]) -> None:
-        self._entries: list[tuple[bool, Networks | None, str]] = []
+        self._entries: list[tuple[bool, Networks | Table | None, str]] = []
         for item in patterns:
             negate = item.startswith("!")
             pat = item[1:] if negate else item
@@ -256,9 +258,8 @@ class ClientList:
                 parse_network(pat)
             except NetworkError:
                 if ":" in pat and not pat.startswith("["):
-                    raise ValueError(
-                        f'table lookups in client lists are not supported: "{pat}"'
-                    ) from None
+                    self._entries.append((negate, open_table(pat), ""))  # TableError
+                    continue
                 if not pat or not all(c.isalnum() or c in ".-_" for c in pat):
                     raise ValueError(f'bad client name pattern "{pat}"') from None
                 self._entries.append((negate, None, pat.lower()))
@@ -268,7 +269,11 @@ class ClientList:
     def match(self, name: str, addr: str) -> bool:
         name = name.lower()
         for negate, nets, pattern in self._entries:
-            if nets is not None:
+            if isinstance(nets, Table):
+                hit = (name != "unknown" and nets.lookup(name) is not None) or (
+                    nets.lookup(addr) is not None
+                )
+            elif nets is not None:
                 hit = nets.match(addr)
             elif name == "unknown":
                 hit = False

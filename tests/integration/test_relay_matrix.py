@@ -133,3 +133,23 @@ def test_outside_client_relays_only_with_login_or_trusted_listed_certificate(
     server.wait_log(r"warning: localhost\[127\.0\.0\.1\]: SASL PLAIN authentication failed")
     server.wait_log(r"Trusted TLS connection established from localhost\[127\.0\.0\.1\]")
     server.wait_log(r"Untrusted TLS connection established from localhost\[127\.0\.0\.1\]")
+
+
+@pytest.mark.parametrize(("listed", "relays"), [("127.0.0.0/8", True), ("192.0.2.0/24", False)])
+def test_mynetworks_from_a_cidr_table(
+    postwall_factory: Callable[..., peers.PostwallServer],
+    tmp_path: Path,
+    listed: str,
+    relays: bool,
+) -> None:
+    """`mynetworks = cidr:/etc/postfix/mynetworks.cidr`, as many sites keep it."""
+    table = tmp_path / "mynetworks.cidr"
+    table.write_text(f"{listed}  trusted\n")
+    server = postwall_factory(params={"mynetworks": f"cidr:{table}"})
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=20) as s:
+        s.ehlo("client.postwall.test")
+        s.mail("alice@postwall.test")
+        reply = s.rcpt(FOREIGN)
+    # Postfix's default smtpd_relay_restrictions end in defer_unauth_destination: 454.
+    denied = (454, f"4.7.1 <{FOREIGN}>: Relay access denied".encode())
+    assert (reply[0] == 250) if relays else (reply == denied), reply

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -117,4 +118,13 @@ def test_client_list_matches_addresses_and_names() -> None:
     assert not cl.match("example.net", "198.51.100.1")
     assert not cl.match("unknown", "198.51.100.1")
     with pytest.raises(ValueError, match="not supported"):
-        ClientList(["hash:/etc/postfix/clients"])
+        ClientList(["ldap:/etc/postfix/clients.cf"])
+
+
+def test_client_list_tables_match_names_and_addresses(tmp_path: Path) -> None:
+    (tmp_path / "nets.cidr").write_text("192.0.2.0/24 x\n")
+    (tmp_path / "names").write_text("mail.example.com x\n")
+    cl = ClientList([f"cidr:{tmp_path}/nets.cidr", f"texthash:{tmp_path}/names"])
+    assert cl.match("unknown", "192.0.2.9")
+    assert cl.match("mail.example.com", "203.0.113.1")
+    assert not cl.match("other.example.com", "203.0.113.1")

@@ -124,13 +124,27 @@ def test_networks_patterns(tmp_path: Path) -> None:
     assert not nets.match("not an address")
 
 
+def test_networks_from_tables(tmp_path: Path) -> None:
+    """mynetworks = cidr:/etc/postfix/mynetworks.cidr: the table lists the clients (its
+    result is not used); a negated table excludes."""
+    (tmp_path / "nets.cidr").write_text("192.0.2.0/24 trusted\n2001:db8::/32 trusted\n")
+    (tmp_path / "banned").write_text("192.0.2.66 x\n")
+    nets = Networks([f"!texthash:{tmp_path}/banned", f"cidr:{tmp_path}/nets.cidr", "10.0.0.0/8"])
+    assert nets.match("192.0.2.7") and nets.match("2001:db8::5") and nets.match("10.1.1.1")
+    assert not nets.match("192.0.2.66")  # the excluding table comes first
+    assert nets.match("::ffff:192.0.2.7")  # IPv4-mapped, as for networks
+    assert not nets.match("198.51.100.1")
+
+
 def test_network_errors() -> None:
     with pytest.raises(NetworkError, match=r'perhaps you should use "10\.0\.0\.0/8"'):
         Networks(["10.1.2.3/8"])
     with pytest.raises(NetworkError, match="bad network pattern"):
         Networks(["example.com"])
     with pytest.raises(NetNotSupported):
-        Networks(["hash:/etc/postfix/network_table"])
+        Networks(["ldap:/etc/postfix/ldap-networks.cf"])
+    with pytest.raises(NetworkError, match="No such file"):
+        Networks(["cidr:/no/such/table"])
     with pytest.raises(NetworkError, match="open"):
         Networks(["/no/such/file"])
 

@@ -17,6 +17,9 @@ import ipaddress
 from collections.abc import Iterable
 from pathlib import Path
 
+from .tables import NotSupportedError as TableNotSupported
+from .tables import Table, TableError, open_table
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 LOOPBACK = ("127.0.0.0/8", "[::1]/128")
@@ -101,7 +104,9 @@ class Networks:
     """An ordered list of (network, excluded) entries; see the module contract."""
 
     def __init__(self, patterns: Iterable[str], *, _depth: int = 0) -> None:
-        self.entries: list[tuple[IPNetwork, bool]] = []
+        # A network, or a lookup table (`cidr:/etc/postfix/mynetworks.cidr`) that lists
+        # the client address.
+        self.entries: list[tuple[IPNetwork | Table, bool]] = []
         for item in patterns:
             self._add(item, _depth)
 
@@ -125,11 +130,14 @@ class Networks:
             self.entries.append((parse_network(pat), negate))
         except NetworkError:
             kind, colon, _ = pat.partition(":")
-            if colon and kind.isalnum() and not kind.isdigit():
-                raise NotSupportedError(
-                    f'table lookups in network lists are not supported: "{pat}"'
-                ) from None
-            raise
+            if not (colon and kind.isalnum() and not kind.isdigit()):
+                raise
+            try:
+                self.entries.append((open_table(pat), negate))
+            except TableNotSupported as err:
+                raise NotSupportedError(str(err)) from None
+            except TableError as err:
+                raise NetworkError(str(err)) from None
 
     def match(self, address: str) -> bool:
         """True when `address` matches a non-excluded entry before any excluded one."""
@@ -138,7 +146,12 @@ class Networks:
             return False
         addr, alt = parsed
         for net, negate in self.entries:
-            if addr in net or (alt is not None and alt in net):
+            if isinstance(net, Table):
+                if net.lookup(str(addr)) is not None or (
+                    alt is not None and net.lookup(str(alt)) is not None
+                ):
+                    return not negate
+            elif addr in net or (alt is not None and alt in net):
                 return not negate
         return False
 
