@@ -89,27 +89,34 @@ def test_exim_sends_to_postwall_with_chunking_and_a_client_certificate(
     assert body == message.partition(b"\n\n")[2]
 
 
+def _relay_to(
+    exim: peers.Exim,
+    factory: Callable[..., peers.PostwallServer],
+    certs: peers.TestCerts,
+    subject: str,
+    **extra: str,
+) -> peers.PostwallServer:
+    """A postwall relaying to Exim at `encrypt`, and one message sent through it."""
+    params = {
+        "relayhost": f"[127.0.0.1]:{exim.port}",
+        "smtp_tls_security_level": "encrypt",
+        "smtp_tls_loglevel": "1",
+        "smtp_tls_CAfile": str(certs.ca_cert),
+        **extra,
+    }
+    server = factory(params=params)
+    message = peers.simple_message(subject, "alice@postwall.test", "bob@exim.test")
+    peers.smtp_send("127.0.0.1", server.port, "alice@postwall.test", ["bob@exim.test"], message)
+    return server
+
+
 def test_postwall_relays_to_exim_over_required_tls(
     postwall_factory: Callable[..., peers.PostwallServer],
     certs: peers.TestCerts,
     exim: peers.Exim,
 ) -> None:
     exim.serve("exim.test")
-    server = postwall_factory(
-        params={
-            "relayhost": f"[127.0.0.1]:{exim.port}",
-            "smtp_tls_security_level": "encrypt",
-            "smtp_tls_loglevel": "1",
-            "smtp_tls_CAfile": str(certs.ca_cert),
-        }
-    )
-    peers.smtp_send(
-        "127.0.0.1",
-        server.port,
-        "alice@postwall.test",
-        ["bob@exim.test"],
-        peers.simple_message("to.exim", "alice@postwall.test", "bob@exim.test"),
-    )
+    server = _relay_to(exim, postwall_factory, certs, "to.exim")
     relay = rf"127\.0\.0\.1\[127\.0\.0\.1\]:{exim.port}"
     sent = server.wait_log(
         rf"smtp\[\d+\]: (\w+): to=<bob@exim\.test>, relay={relay}, "
@@ -140,22 +147,7 @@ def test_postwall_relays_to_exim_over_implicit_tls(
 ) -> None:
     """smtp_tls_wrappermode against Exim's tls_on_connect_ports (SMTPS, RFC 8314)."""
     exim.serve("exim.test", implicit_tls=True)
-    server = postwall_factory(
-        params={
-            "relayhost": f"[127.0.0.1]:{exim.port}",
-            "smtp_tls_wrappermode": "yes",
-            "smtp_tls_security_level": "encrypt",
-            "smtp_tls_loglevel": "1",
-            "smtp_tls_CAfile": str(certs.ca_cert),
-        }
-    )
-    peers.smtp_send(
-        "127.0.0.1",
-        server.port,
-        "alice@postwall.test",
-        ["bob@exim.test"],
-        peers.simple_message("to.exim.smtps", "alice@postwall.test", "bob@exim.test"),
-    )
+    server = _relay_to(exim, postwall_factory, certs, "to.exim.smtps", smtp_tls_wrappermode="yes")
     relay = rf"127\.0\.0\.1\[127\.0\.0\.1\]:{exim.port}"
     sent = server.wait_log(
         rf"smtp\[\d+\]: \w+: to=<bob@exim\.test>, relay={relay}, .*status=sent "

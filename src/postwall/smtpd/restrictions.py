@@ -53,6 +53,7 @@ from postwall.resolve import (
     AddressClass,
     AddressResolver,
     internal_form,
+    mail_addr_find,
     split_address,
 )
 from postwall.smtp.replies import Reply
@@ -772,17 +773,8 @@ class Restrictions:
 
     def _find_address(self, table: Table, address: str) -> str | None:
         """mail_addr_find(): user+ext@domain, user@domain, user+ext, user, @domain."""
-        local, domain = split_address(address)
-        bare = self._strip_extension(local)
-        keys = [address, f"{bare}@{domain}"] if bare != local else [address]
-        if self._resolver.classify(address) is AddressClass.LOCAL:
-            keys += [local, bare] if bare != local else [local]
-        keys.append(f"@{domain}")
-        for i, key in enumerate(keys):
-            value = table.query(key, partial=i > 0)
-            if value is not None:
-                return value
-        return None
+        hit = mail_addr_find(self._resolver, [table], address)
+        return hit[0] if hit is not None else None
 
     # -- DNS -----------------------------------------------------------------
 
