@@ -69,10 +69,12 @@ def postwall_factory(tmp_path: Path) -> Iterator[Callable[..., peers.PostwallSer
 def postwall_tls(
     postwall_factory: Callable[..., peers.PostwallServer], certs: peers.TestCerts
 ) -> peers.PostwallServer:
-    """A running postwall whose smtpd offers STARTTLS with the test server certificate and
-    asks for client certificates signed by the test CA (Received header and TLS log lines
-    on); mail for localhost and postwall.test goes to Maildirs."""
-    return postwall_factory(
+    """A running postwall whose smtpd offers STARTTLS with the test server certificate on
+    `port` and implicit TLS (as on 465) on `smtps_port`, and asks for client certificates
+    signed by the test CA (Received header and TLS log lines on); mail for localhost and
+    postwall.test goes to Maildirs."""
+    smtps_port = peers.free_port()
+    made = postwall_factory(
         params={
             "smtpd_tls_cert_file": str(certs.server_cert),
             "smtpd_tls_key_file": str(certs.server_key),
@@ -82,8 +84,13 @@ def postwall_tls(
             "smtpd_tls_received_header": "yes",
             "smtpd_tls_loglevel": "1",
             "mydestination": "localhost, postwall.test",
-        }
+        },
+        extra_services=[
+            f"127.0.0.1:{smtps_port} inet n - n - - smtpd\n  -o smtpd_tls_wrappermode=yes"
+        ],
     )
+    made.smtps_port = smtps_port  # type: ignore[attr-defined]
+    return made
 
 
 @pytest.fixture

@@ -84,9 +84,9 @@ def require_tool(name: str) -> str:
     pytest.skip(why)
 
 
-def require_root() -> None:
+def require_root(what: str = "private Postfix instances (postmulti)") -> None:
     if os.geteuid() != 0:
-        msg = "private Postfix instances need root (postmulti)"
+        msg = f"{what} need root"
         if in_ci():
             pytest.fail(msg, pytrace=False)
         pytest.skip(msg)
@@ -668,20 +668,25 @@ EXIM_ROOT = Path(os.environ.get("POSTWALL_EXIM_ROOT", "/opt/postwall-peers/exim4
 EXIM_USER = "Debian-exim"  # compiled into Debian's binary
 
 
-def require_exim() -> str:
-    """The unpacked Exim binary; skip the test if it is missing, or fail it under CI."""
-    exe = EXIM_ROOT / "usr/sbin/exim4"
+def require_unpacked(exe: Path, users: Sequence[str], name: str) -> str:
+    """An MTA binary scripts/test unpacked (with the users it was built for); skip the
+    test if it is missing, or fail it under CI."""
     try:
-        pwd.getpwnam(EXIM_USER)
+        for user in users:
+            pwd.getpwnam(user)
         usable = os.access(exe, os.X_OK)
     except KeyError:
         usable = False
     if usable:
         return str(exe)
-    why = f"Exim not unpacked in {EXIM_ROOT} with user {EXIM_USER} (scripts/test does it, as root)"
+    why = f"{name} not unpacked at {exe} with user(s) {', '.join(users)} (scripts/test, as root)"
     if in_ci():
         pytest.fail(f"CI requires every peer: {why}", pytrace=False)
     pytest.skip(why)
+
+
+def require_exim() -> str:
+    return require_unpacked(EXIM_ROOT / "usr/sbin/exim4", (EXIM_USER,), "Exim")
 
 
 class Exim:
@@ -823,6 +828,86 @@ class Exim:
     def stop(self) -> None:
         stop_process(self.proc, 10)
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+# --- OpenSMTPD -------------------------------------------------------------------------------
+
+# Debian 12's opensmtpd package conflicts with postfix too: scripts/test unpacks it here and
+# creates the users, chroot directory and queue directory compiled into its binary.
+OPENSMTPD_ROOT = Path(os.environ.get("POSTWALL_OPENSMTPD_ROOT", "/opt/postwall-peers/opensmtpd"))
+OPENSMTPD_USERS = ("opensmtpd", "opensmtpq")
+
+
+def require_opensmtpd() -> str:
+    return require_unpacked(OPENSMTPD_ROOT / "usr/sbin/smtpd", OPENSMTPD_USERS, "OpenSMTPD")
+
+
+class OpenSMTPD:
+    """Debian 12's OpenSMTPD 6.8 in the foreground (`-d`) with a private smtpd.conf. Its
+    queue (/var/spool/smtpd) and control socket are compiled in, so only one runs at a
+    time. It listens in plaintext on 127.0.0.1:`port`, or with STARTTLS (`serve`)."""
+
+    def __init__(self, directory: Path) -> None:
+        require_root("OpenSMTPD instances")  # it drops to its own users itself
+        self.exe = require_opensmtpd()
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self.port = free_port()
+        self.log = directory / "smtpd.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def relay_to(self, port: int, proto: str) -> OpenSMTPD:
+        """Relay every message to 127.0.0.1:`port`: `smtp` with mandatory STARTTLS, or
+        `smtps` (TLS from the first byte); certificates are not verified."""
+        return self._start(
+            f'action "out" relay host {proto}://127.0.0.1:{port} tls no-verify\n'
+            'match from any for any action "out"\n'
+        )
+
+    def serve(self, cert: Path, key: Path, onward: int) -> OpenSMTPD:
+        """Offer STARTTLS with `cert` and relay what arrives, in plaintext, to
+        127.0.0.1:`onward`."""
+        return self._start(
+            f'action "onward" relay host smtp+notls://127.0.0.1:{onward}\n'
+            'match from any for any action "onward"\n',
+            pki=f'pki localhost cert "{cert}"\npki localhost key "{key}"\n',
+            listen="tls pki localhost",
+        )
+
+    def _start(self, rules: str, *, pki: str = "", listen: str = "") -> OpenSMTPD:
+        conf = self.directory / "smtpd.conf"
+        conf.write_text(
+            f"{pki}listen on 127.0.0.1 port {self.port} {listen} hostname opensmtpd.test\n" + rules
+        )
+        conf.chmod(0o600)
+        check = subprocess.run(
+            [self.exe, "-n", "-f", str(conf)], capture_output=True, text=True, check=False
+        )
+        if check.returncode != 0:
+            raise PeerError(f"smtpd -n: {check.stderr}")
+        out = self.log.open("wb")
+        self.proc = subprocess.Popen(
+            [self.exe, "-d", "-f", str(conf)], stdout=out, stderr=subprocess.STDOUT
+        )
+        out.close()
+        wait_for(lambda: self._listening(), 15, "OpenSMTPD", detail=self._tail)
+        return self
+
+    def _listening(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise PeerError(f"smtpd exited {self.proc.returncode}: {self._tail()}")
+        return port_open("127.0.0.1", self.port)
+
+    def _tail(self) -> str:
+        return tail(read_text(self.log))
+
+    def wait_log(self, pattern: str, timeout: float = 30) -> re.Match[str]:
+        rx = re.compile(pattern)
+        return wait_for(lambda: rx.search(read_text(self.log)), timeout, pattern, detail=self._tail)
+
+    def stop(self) -> None:
+        stop_process(self.proc, 10)
 
 
 # --- private Postfix instances ---------------------------------------------------------------

@@ -459,7 +459,7 @@ class QueueManager:
     async def _deliver_message(self, msg: QueuedMessage, state: State) -> None:
         qid = msg.queue_id
         env = msg.envelope
-        active_time = time.time()
+        active_time = msg.active_time = time.time()
         self._in_flight_domains[qid] = frozenset(
             r.address.rpartition("@")[2].lower() for r in env.recipients if not r.done
         )

@@ -197,7 +197,9 @@ def test_peer_that_never_answers_times_out(
     server = _server(postwall_factory, peer, smtp_helo_timeout="2s")
     qid = _send(server, "silent.peer")
     line = server.wait_log(
-        STATUS.format(qid=qid, rcpt="bob@remote.test", relay="none", dsn="4.4.2", status="deferred")
+        STATUS.format(
+            qid=qid, rcpt="bob@remote.test", relay=_relay(peer), dsn="4.4.2", status="deferred"
+        )
     )
     assert line.group("text") == (
         "conversation with 127.0.0.1[127.0.0.1] timed out while receiving the initial "
@@ -251,12 +253,92 @@ def test_454_to_starttls_at_encrypt_defers_without_plaintext(
     server = _server(postwall_factory, peer, smtp_tls_security_level="encrypt")
     qid = _send(server, "no.tls")
     line = server.wait_log(
-        STATUS.format(qid=qid, rcpt="bob@remote.test", relay="none", dsn="4.7.0", status="deferred")
+        STATUS.format(
+            qid=qid, rcpt="bob@remote.test", relay=_relay(peer), dsn="4.7.0", status="deferred"
+        )
     )
     assert line.group("text") == (
         "TLS is required, but host 127.0.0.1[127.0.0.1] refused to start TLS: "
         "454 4.7.0 TLS not available due to local problem"
     )
+
+
+def _broken_starttls(c: ScriptedConnection, *extensions: str) -> None:
+    """Offer STARTTLS, accept it, then answer the ClientHello with bytes that are not TLS."""
+    c.reply("220 scripted.test ESMTP")
+    c.ehlo("STARTTLS", *extensions, "8BITMIME")
+    assert c.read_line() == b"STARTTLS"
+    c.reply("220 2.0.0 Ready to start TLS")
+    c.sock.recv(4096)
+    c.send(b"this is not TLS\r\n")
+
+
+def test_a_failed_handshake_at_may_defers_fresh_mail_then_retries_in_plaintext(
+    postwall_factory: Callable[..., peers.PostwallServer], scripted: Callable[..., ScriptedPeer]
+) -> None:
+    """Postfix's rule (PLAINTEXT_FALLBACK_OK_AFTER_STARTTLS_FAILURE): a message that has
+    not yet waited minimal_backoff_time is deferred, not sent in plaintext, so a man in
+    the middle who breaks handshakes does not get fresh mail in clear; a later attempt
+    goes to the same server without STARTTLS. Lines as Postfix 3.7 logs them
+    (tests/golden/report/postfix-outbound-handshake-fallback.txt)."""
+
+    def script(c: ScriptedConnection, n: int) -> None:
+        if n < 2:
+            _broken_starttls(c)
+            return
+        c.reply("220 scripted.test ESMTP")
+        c.ehlo("STARTTLS", "8BITMIME")
+        c.accept_mail()
+
+    peer = scripted(script)
+    server = _server(postwall_factory, peer, smtp_tls_security_level="may")
+    qid = _send(server, "broken.tls")
+    relay = _relay(peer)
+    first = server.wait_log(
+        STATUS.format(qid=qid, rcpt="bob@remote.test", relay=relay, dsn="4.7.5", status="deferred")
+    )
+    assert first.group("text") == "Cannot start TLS: handshake failure"
+    server.wait_log(
+        STATUS.format(qid=qid, rcpt="bob@remote.test", relay=relay, dsn="2.0.0", status="sent")
+    )
+    log = server.log_text()
+    assert len(re.findall(rf"smtp\[\d+\]: SSL_connect error to {relay}: -1\n", log)) == 2
+    assert re.search(r"smtp\[\d+\]: warning: TLS library problem: error:", log)
+    assert re.search(rf"smtp\[\d+\]: {qid}: Cannot start TLS: handshake failure\n", log)
+    assert "TLS handshake with" not in log
+    assert len(peer.connections) == 3
+    assert peer.connections[2].lines[1].startswith(b"MAIL FROM:<root@localhost>")
+
+
+def test_no_plaintext_fallback_when_the_server_has_sasl_credentials(
+    postwall_factory: Callable[..., peers.PostwallServer], scripted: Callable[..., ScriptedPeer]
+) -> None:
+    """With a password for the server, a broken handshake never turns into a plaintext
+    session (the password would travel in clear): deferred on every attempt."""
+
+    def script(c: ScriptedConnection, n: int) -> None:
+        _broken_starttls(c, "AUTH PLAIN LOGIN")
+
+    peer = scripted(script)
+    server = _server(
+        postwall_factory,
+        peer,
+        smtp_tls_security_level="may",
+        smtp_sasl_auth_enable="yes",
+        smtp_sasl_password_maps="static:alice:secret",
+        smtp_sasl_security_options="noanonymous",
+    )
+    qid = _send(server, "broken.tls.sasl")
+    deferred = STATUS.format(
+        qid=qid, rcpt="bob@remote.test", relay=_relay(peer), dsn="4.7.5", status="deferred"
+    )
+    server.wait_log(deferred)
+    deadline = time.monotonic() + 30
+    while len(re.findall(deferred, server.log_text())) < 3:
+        assert time.monotonic() < deadline, server.log_text()
+        time.sleep(0.2)
+    assert all(c.lines[1:2] == [b"STARTTLS"] for c in peer.connections)
+    assert f"{qid}: Cannot start TLS" not in server.log_text()
 
 
 def test_bare_newlines_in_a_queued_message_never_reach_the_wire(
@@ -353,7 +435,7 @@ def test_postqueue_s_and_etrn_deliver_one_site_now(
         smtp_connection_cache_on_demand="no",  # each attempt is a new session
     )
     deferred = STATUS.format(
-        qid="{qid}", rcpt="bob@remote.test", relay="none", dsn="4.3.2", status="deferred"
+        qid="{qid}", rcpt="bob@remote.test", relay=_relay(peer), dsn="4.3.2", status="deferred"
     )
     sent = STATUS.format(
         qid="{qid}", rcpt="bob@remote.test", relay=_relay(peer), dsn="2.0.0", status="sent"

@@ -97,7 +97,7 @@ def test_encrypt_to_a_server_without_starttls_defers_then_may_sends_plaintext(
     relay = rf"127\.0\.0\.1\[127\.0\.0\.1\]:{sink.port}"
     line = server.wait_log(
         STATUS_RE.format(
-            qid=qid, rcpt="someone@remote.test", relay="none", dsn="4.7.4", status="deferred"
+            qid=qid, rcpt="someone@remote.test", relay=relay, dsn="4.7.4", status="deferred"
         )
     )
     assert line.group("text") == (
@@ -172,9 +172,10 @@ def test_verify_checks_the_server_name(
         )
     )
     qid = _send(bad, "out.verify.bad")
+    relay = rf"127\.0\.0\.1\[127\.0\.0\.1\]:{rx.port}"
     line = bad.wait_log(
         STATUS_RE.format(
-            qid=qid, rcpt="bob@example.test", relay="none", dsn="4.7.5", status="deferred"
+            qid=qid, rcpt="bob@example.test", relay=relay, dsn="4.7.5", status="deferred"
         )
     )
     assert line.group("text") == "Server certificate not verified"

@@ -107,8 +107,8 @@ class _SessionFailed(Exception):
         self.dsn = dsn
         self.reason = reason
         self.plaintext_retry = plaintext_retry
-        # Postfix names the server in relay= when AUTH failed there (the session was
-        # made); other failures before MAIL log relay=none.
+        # Postfix names the server in relay= once a session was made (smtp_bulk_fail's
+        # session->namaddrport); a failed connect logs relay=none.
         self.relay = relay
         # The server's own verdict (a 5xx to AUTH without soft bounce): when no other
         # server takes the mail it bounces, rather than being deferred like a refusal.
@@ -281,7 +281,7 @@ class SmtpAgent:
             if results is not None:
                 return results
         try:
-            conn = await self._open(dest.nexthop, policy, key, out.sender)
+            conn = await self._open(dest.nexthop, policy, key, msg, out.sender)
         except _SessionFailed as failed:
             status = "bounced" if failed.dsn.startswith("5") else "deferred"
             return _same(indexes, status, failed.dsn, failed.reason, relay=failed.relay)
@@ -396,47 +396,76 @@ class SmtpAgent:
         conn.close()
 
     async def _open(
-        self, nexthop: str, policy: TLSPolicy, key: tuple[str, str], sender: str = ""
+        self,
+        nexthop: str,
+        policy: TLSPolicy,
+        key: tuple[str, str],
+        msg: QueuedMessage,
+        sender: str = "",
     ) -> _Conn:
-        """A ready session with the first host that takes one; _SessionFailed if none."""
+        """A ready session with the first host that takes one; _SessionFailed if none.
+
+        As Postfix's smtp_connect: a soft failure at a server that is not the last one
+        to try is logged as `QID: reason` and the next one is tried; after a failed TLS
+        handshake at level may the same server is tried again without STARTTLS, but only
+        for mail that has already waited minimal_backoff_time and only without SASL
+        credentials for it (Postfix's PLAINTEXT_FALLBACK_OK_AFTER_STARTTLS_FAILURE), so
+        an attacker who breaks the handshake does not get fresh mail in plaintext."""
         p = self._params
         hosts = await self._hosts(nexthop)
+        candidates = [(host, addr) for host in hosts for addr in host.addresses]
+        if p.smtp_mx_address_limit:
+            candidates = candidates[: p.smtp_mx_address_limit]
+        waited = int(msg.active_time) - int(msg.envelope.arrival_time)
+        qid = msg.queue_id
         last: _SessionFailed | None = None
-        addresses = sessions = 0
-        for host in hosts:
-            for addr in host.addresses:
-                if p.smtp_mx_address_limit and addresses >= p.smtp_mx_address_limit:
-                    break
-                if p.smtp_mx_session_limit and sessions >= p.smtp_mx_session_limit:
-                    break
-                addresses += 1
-                try:
-                    conn = await self._connect(host.hostname, addr, host.port, key)
-                except _SessionFailed as failed:
-                    last = failed
-                    continue
-                sessions += 1
-                try:
-                    await self._hello(conn, nexthop, policy, use_tls=True)
-                    await self._login(conn, nexthop, sender)
-                    return conn
-                except _SessionFailed as failed:
-                    last = failed
-                    await self._quit(conn)
-                    if not failed.plaintext_retry:
-                        continue
+        sessions = 0
+        for n, (host, addr) in enumerate(candidates):
+            try:
+                conn = await self._connect(host.hostname, addr, host.port, key)
+            except _SessionFailed as failed:  # logged as "connect to ..." already
+                last = failed
+                continue
+            sessions += 1
+            final = n == len(candidates) - 1 or sessions == p.smtp_mx_session_limit
+            try:
+                return await self._ready(conn, nexthop, policy, sender, use_tls=True)
+            except _SessionFailed as failed:
+                last = failed
+            if (
+                last.plaintext_retry
+                and waited >= p.minimal_backoff_time
+                and self._credentials(host.hostname, nexthop, sender) is None
+            ):
+                self._log.info("smtp", f"{qid}: {last.reason}")
                 try:  # Postfix's RETRY_AS_PLAINTEXT: same server, no STARTTLS
                     conn = await self._connect(host.hostname, addr, host.port, key)
-                    await self._hello(conn, nexthop, policy, use_tls=False)
-                    await self._login(conn, nexthop, sender)
-                    return conn
+                    return await self._ready(conn, nexthop, policy, sender, use_tls=False)
                 except _SessionFailed as failed:
                     last = failed
+            if final:
+                break
+            if last.dsn.startswith("4") or p.soft_bounce:
+                self._log.info("smtp", f"{qid}: {last.reason}")
         if last is None:
             raise _SessionFailed("4.4.3", f"no usable address for {nexthop}")
         raise _SessionFailed(
             last.dsn if last.final else _soft(last.dsn), last.reason, relay=last.relay
         )
+
+    async def _ready(
+        self, conn: _Conn, nexthop: str, policy: TLSPolicy, sender: str, *, use_tls: bool
+    ) -> _Conn:
+        """Greeting, EHLO, STARTTLS, AUTH on a fresh connection: the session, or
+        _SessionFailed naming the server (the connection closed)."""
+        try:
+            await self._hello(conn, nexthop, policy, use_tls=use_tls)
+            await self._login(conn, nexthop, sender)
+        except _SessionFailed as failed:
+            failed.relay = failed.relay or conn.relay
+            await self._quit(conn)
+            raise
+        return conn
 
     async def _hosts(self, nexthop: str) -> list[mxdns.MxHost]:
         """smtp_host_lookup: `dns` (MX records, then A/AAAA) and/or `native` (the
@@ -481,7 +510,7 @@ class SmtpAgent:
             self._log.info("smtp", reason)
             raise _SessionFailed("4.4.1", reason) from None
         except OSError as exc:
-            text = os.strerror(exc.errno) if exc.errno else str(exc)
+            text = _strerror(exc)
             reason = logfmt.connect_failed(host, addr, port, text)
             self._log.info("smtp", reason)
             raise _SessionFailed("4.4.1", reason) from None
@@ -726,8 +755,14 @@ class SmtpAgent:
         except (TLSError, OSError, _Timeout) as exc:
             for line in lines:
                 self._log.info("smtp", line)
-            detail = "timeout" if isinstance(exc, _Timeout) else str(exc)
-            self._log.warning("smtp", f"TLS handshake with {peer} failed: {detail}")
+            # tls_client_start's lines: the reason, then OpenSSL's error queue.
+            if isinstance(exc, TLSError):
+                self._log.info("smtp", exc.reason)
+                for line in exc.details:
+                    self._log.warning("smtp", line)
+            else:
+                why = "Connection timed out" if isinstance(exc, _Timeout) else _strerror(exc)
+                self._log.info("smtp", f"SSL_connect error to {peer}: {why}")
             may = policy.level == "may"
             raise _SessionFailed(
                 "4.7.5", "Cannot start TLS: handshake failure", plaintext_retry=may and fallback
@@ -865,6 +900,11 @@ def _same(
         service="smtp",
     )
     return [one] * len(indexes)
+
+
+def _strerror(exc: OSError) -> str:
+    """An OSError as Postfix's %m prints it."""
+    return os.strerror(exc.errno) if exc.errno else str(exc)
 
 
 def _soft(dsn: str) -> str:

@@ -105,6 +105,9 @@ class QueuedMessage:
     content_offset: int
     content_length: int
     _fd: int = field(repr=False, default=-1)
+    # When the queue manager took it for this delivery attempt (Postfix's
+    # active_arrival): the SMTP client's plaintext fallback rule needs it.
+    active_time: float = 0.0
 
     @property
     def queue_id(self) -> str:
