@@ -199,7 +199,7 @@ class AddressResolver:
         domain = domain.lower().rstrip(".")
         if self.is_virtual_alias_domain(domain):
             return Resolved(AddressClass.VIRTUAL, addr, stripped)
-        if domain in self._relay_domains or _parent_match(domain, self._relay_domains):
+        if domain in self._relay_domains or parent_domain_match(domain, self._relay_domains):
             return Resolved(AddressClass.RELAY, addr, stripped)
         return Resolved(AddressClass.REMOTE, addr, stripped)
 
@@ -455,7 +455,7 @@ def _with_extension(address: str, extension: str) -> str:
     return f"{local}{extension}@{domain}"
 
 
-def _parent_match(domain: str, domains: set[str]) -> bool:
+def parent_domain_match(domain: str, domains: set[str]) -> bool:
     # Postfix's parent_domain_matches_subdomains includes relay_domains by default:
     # "example.com" in relay_domains also matches "sub.example.com".
     parts = domain.split(".")

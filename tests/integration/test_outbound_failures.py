@@ -433,6 +433,7 @@ def test_postqueue_s_and_etrn_deliver_one_site_now(
         minimal_backoff_time="3600s",
         maximal_backoff_time="4000s",
         smtp_connection_cache_on_demand="no",  # each attempt is a new session
+        fast_flush_domains="remote.test",  # ETRN is for these sites only
     )
     deferred = STATUS.format(
         qid="{qid}", rcpt="bob@remote.test", relay=_relay(peer), dsn="4.3.2", status="deferred"
@@ -451,5 +452,10 @@ def test_postqueue_s_and_etrn_deliver_one_site_now(
     server.wait_log(deferred.format(qid=second))
     with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as s:
         s.ehlo("client.postwall.test")
+        # Postfix's flush service serves fast_flush_domains only ($relay_domains).
+        assert s.docmd("ETRN", "@other.test") == (459, b"<other.test>: service unavailable")
         assert s.docmd("ETRN", "remote.test") == (250, b"Queuing started")
     server.wait_log(sent.format(qid=second))
+    server.wait_log(
+        r"smtpd\[\d+\]: warning: reject: ETRN other\.test\.\.\. from localhost\[127\.0\.0\.1\]"
+    )

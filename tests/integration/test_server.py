@@ -140,6 +140,9 @@ def test_relay_denied_outside_mynetworks(postwall_factory):
     assert c.reply() == "454 4.7.1 <victim@foreign.example>: Relay access denied"
     c.send(b"RCPT TO:<root@localhost>\r\n")
     assert c.reply() == "250 2.1.5 Ok"
+    # Lookups fold case, as Postfix's tables (dict_unix included) do.
+    c.send(b"RCPT TO:<ROOT@LocalHost>\r\n")
+    assert c.reply() == "250 2.1.5 Ok"
     c.send(b"RCPT TO:<nosuchuser@localhost>\r\n")
     assert c.reply() == (
         "550 5.1.1 <nosuchuser@localhost>: Recipient address rejected: "

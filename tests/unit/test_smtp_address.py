@@ -40,6 +40,11 @@ ACCEPTED = {
     "FROM:<a@b_c>": "a@b_c",
     "FROM:<a\\ b@c>": "a\\ b@c",
     "FROM:<a@b (x)>": "a@b",
+    "FROM:<a@[IPv6:2001:db8::1]>": "a@[IPv6:2001:db8::1]",
+    "FROM:<a@1b.c>": "a@1b.c",
+    "FROM:<a@b.123>": "a@b.123",
+    "FROM:<a@" + "b" * 63 + ".c>": "a@" + "b" * 63 + ".c",
+    "FROM:<" + "a" * 65 + "@b>": "a" * 65 + "@b",  # Postfix does not limit the local part
 }
 
 
@@ -61,6 +66,19 @@ def test_sender_forms_postfix_accepts(arg: str, address: str) -> None:
         "FROM:<a@b)>",
         "FROM:<a@b",
         "FROM:<a b@c>",
+        # Domains as trivial-rewrite checks them (each one refused by Postfix 3.7 with
+        # 501 5.1.7 on the reference instance): a literal with no address in it, a bare
+        # IP address, a label over 63 characters, an all-digit name.
+        "FROM:<a@[300.1.1.1]>",
+        "FROM:<a@[foo]>",
+        "FROM:<a@[0.1.2.3]>",
+        "FROM:<a@[IPv6:::1%eth0]>",
+        "FROM:<a@[]>",
+        "FROM:<a@127.0.0.1>",
+        "FROM:<a@" + "b" * 64 + ".c>",
+        "FROM:<a@" + "b" * 255 + ">",
+        "FROM:<a@123>",
+        "FROM:<a@b->",
     ],
 )
 def test_sender_forms_postfix_refuses(arg: str) -> None:
@@ -139,6 +157,8 @@ def test_rcpt_parameters_are_typed() -> None:
     assert address == "root@vm"
     assert params == RcptParams(notify=("SUCCESS", "FAILURE"), orcpt=("rfc822", "root@vm"))
     assert parse_rcpt("TO:<a@b> NOTIFY=never")[1].notify == ("NEVER",)
+    # An empty original address is accepted, as by Postfix (xtext of nothing).
+    assert parse_rcpt("TO:<a@b> ORCPT=rfc822;")[1].orcpt == ("rfc822", "")
 
 
 @pytest.mark.parametrize(
@@ -155,7 +175,6 @@ def test_rcpt_parameters_are_typed() -> None:
         ("TO:<a@b> NOTIFY=NEVER NOTIFY=NEVER", replies.BAD_NOTIFY),
         ("TO:<a@b> NOTIFY", replies.BAD_NOTIFY),
         ("TO:<a@b> ORCPT=bad", replies.BAD_ORCPT),
-        ("TO:<a@b> ORCPT=rfc822;", replies.BAD_ORCPT),
         ("TO:<a@b> ORCPT=rfc822;a+zz", replies.BAD_ORCPT),
     ],
 )

@@ -229,6 +229,9 @@ class Params:
         (),
     )
     relayhost: str = _s("", "Next-hop destination of non-local mail.")
+    fast_flush_domains: tuple[str, ...] = _l(
+        "$relay_domains", "Destinations a client may ask to flush with ETRN (names).", ()
+    )
     transport_maps: tuple[str, ...] = _l("", "Lookup tables: recipient to transport:nexthop.")
     virtual_alias_maps: tuple[str, ...] = _l(
         "$virtual_maps", "virtual(5) tables: address to addresses.", ()

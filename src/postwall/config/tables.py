@@ -98,11 +98,12 @@ class StaticTable(Table):
 
 
 class PasswdTable(Table):
-    """unix:passwd.byname: the passwd(5) line of a user, as Postfix's dict_unix."""
+    """unix:passwd.byname: the passwd(5) line of a user, as Postfix's dict_unix (which
+    folds the key to lower case, like every fixed-string table: ROOT@localhost is root)."""
 
     def lookup(self, key: str) -> str | None:
         try:
-            pw = pwd.getpwnam(key)
+            pw = pwd.getpwnam(key.lower())
         except (KeyError, ValueError):
             return None
         fields = (pw.pw_name, pw.pw_passwd, pw.pw_uid, pw.pw_gid, pw.pw_gecos, pw.pw_dir)

@@ -17,6 +17,7 @@ or a malformed domain name are not.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -149,13 +150,37 @@ def _strip_comments_general(text: str) -> str | None:
 
 
 def _valid_domain(domain: str) -> bool:
+    """Postfix's test of an envelope domain (trivial-rewrite strips one trailing dot,
+    then valid_mailhost_literal or valid_hostname): labels of letters, digits, '_' and
+    inner '-', at most 63 each and 255 in all, not all digits (user@1.2.3.4 needs
+    brackets); a literal holds an IPv4 address or IPv6:address."""
     if domain.startswith("["):
-        return len(domain) > 2  # address literal; its content is the resolver's concern
+        return domain.endswith("]") and _valid_literal(domain[1:-1])
     if domain.endswith("."):
         domain = domain[:-1]
     if not domain or len(domain) > 255:
         return False
-    return all(_LABEL.fullmatch(label) for label in domain.split("."))
+    labels = domain.split(".")
+    if not all(len(label) <= 63 and _LABEL.fullmatch(label) for label in labels):
+        return False
+    return not domain.replace(".", "").isdigit()
+
+
+def _valid_literal(text: str) -> bool:
+    if text[:5].lower() == "ipv6:":
+        if "%" in text:
+            return False
+        try:
+            ipaddress.IPv6Address(text[5:])
+        except ValueError:
+            return False
+        return True
+    octets = text.split(".")
+    return (
+        len(octets) == 4
+        and all(o.isascii() and o.isdigit() and int(o) <= 255 for o in octets)
+        and int(octets[0]) != 0
+    )
 
 
 def _valid_local(local: str) -> bool:
@@ -344,7 +369,7 @@ def parse_rcpt(arg: str) -> tuple[str, RcptParams]:
         elif key == "ORCPT":
             kind, semi, raw = value.partition(";")
             decoded = xtext_decode(raw)
-            if orcpt or not semi or not _ADDR_TYPE.fullmatch(kind) or not decoded:
+            if orcpt or not semi or not _ADDR_TYPE.fullmatch(kind) or decoded is None:
                 raise ArgumentError(replies.BAD_ORCPT)
             orcpt = (kind.lower(), decoded)
         else:

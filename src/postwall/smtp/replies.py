@@ -199,7 +199,7 @@ def etrn_unavailable(domain: str) -> Reply:
 
 # AUTH (RFC 4954 4, 6).
 AUTH_NOT_ENABLED = Reply(503, "5.5.1", "Error: authentication not enabled")
-AUTH_IN_TRANSACTION = Reply(503, "5.5.1", "Error: MAIL transaction in progress")
+IN_TRANSACTION = Reply(503, "5.5.1", "Error: MAIL transaction in progress")  # AUTH, XCLIENT
 ALREADY_AUTHENTICATED = Reply(503, "5.5.1", "Error: already authenticated")
 AUTH_SYNTAX = Reply(501, "5.5.4", "Syntax: AUTH mechanism")
 AUTH_ABORTED = Reply(501, "5.7.0", "Authentication aborted")

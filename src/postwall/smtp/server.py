@@ -130,7 +130,7 @@ _PRE_TLS = frozenset({"HELO", "EHLO", "STARTTLS", "NOOP", "QUIT"})
 _JUNK = frozenset({"HELO", "EHLO", "RSET", "NOOP", "VRFY", "ETRN"})
 _KNOWN = frozenset(
     {"HELO", "EHLO", "STARTTLS", "AUTH", "MAIL", "RCPT", "DATA", "BDAT"}
-    | {"RSET", "NOOP", "VRFY", "ETRN", "QUIT"}
+    | {"RSET", "NOOP", "VRFY", "ETRN", "QUIT", "XCLIENT", "XFORWARD"}
 )
 
 
@@ -503,6 +503,8 @@ class ServerConnection:
 
     def _command(self, raw: bytes) -> Event | None:
         s = self.settings
+        # Postfix parses the line as a C string: a NUL ends the command there.
+        raw = raw.partition(b"\0")[0]
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -764,6 +766,20 @@ class ServerConnection:
             self._fail(name, replies.ETRN_BAD_PARAM)
         return None
 
+    def _cmd_xclient(self, name: str, arg: str) -> Event | None:
+        """XCLIENT and XFORWARD (Postfix's proxy extensions): known, never authorized
+        (smtpd_authorized_xclient_hosts and _xforward_hosts are not supported), with
+        Postfix's replies in its order of checks."""
+        if self._tx is not None:
+            self._fail(name, replies.IN_TRANSACTION)
+        elif not arg:
+            self._fail(name, Reply(501, "5.5.4", f"Syntax: {name.upper()} attribute=value..."))
+        else:
+            self._fail(name, Reply(550, "5.7.0", "Error: insufficient authorization"))
+        return None
+
+    _cmd_xforward = _cmd_xclient
+
     def _cmd_auth(self, name: str, arg: str) -> Event | None:
         words = arg.split()
         if self.settings.smtpd_helo_required and self.helo_name is None:
@@ -773,7 +789,7 @@ class ServerConnection:
         elif self.authenticated:
             self._fail(name, replies.ALREADY_AUTHENTICATED)
         elif self._tx is not None:
-            self._fail(name, replies.AUTH_IN_TRANSACTION)
+            self._fail(name, replies.IN_TRANSACTION)
         elif not 1 <= len(words) <= 2:
             self._fail(name, replies.AUTH_SYNTAX)
         else:

@@ -34,7 +34,7 @@ from postwall.config.params import Params
 from postwall.log import MailLog
 from postwall.queue import wakeup
 from postwall.queue.records import Recipient
-from postwall.resolve import AddressResolver, internal_form
+from postwall.resolve import AddressResolver, internal_form, parent_domain_match
 from postwall.sasl.dovecot import DovecotError
 from postwall.sasl.server import Conversation, Done, More, Outcome, Refused, SaslServer
 from postwall.smtp import events as ev
@@ -606,17 +606,28 @@ class SmtpSession(asyncio.Protocol):
     def on_etrn(self, event: ev.Etrn) -> None:
         def then(decision: Decision) -> None:
             self._log_notices("ETRN", decision)
+            domain = event.domain
             if decision.reply is not None:
                 self._reject("ETRN", decision.reply)
+            elif not self._fast_flush(domain):
+                # Postfix's flush service refuses sites outside fast_flush_domains.
+                self.log.warning("smtpd", f"reject: ETRN {domain}... from {self.peer}")
+                self.conn.reject(Reply(459, "", f"<{domain}>: service unavailable"))
             else:
                 # RFC 1985: start delivering what waits for the domain (the queue manager's
-                # site flush, as postqueue -s); "250 Queuing started" either way.
-                domain = event.domain.lstrip("@#").strip()
-                if domain and domain.isascii() and not any(c in domain for c in " \t@"):
-                    wakeup.notify(self.params.queue_directory, site=domain)
+                # site flush, as postqueue -s).
+                wakeup.notify(self.params.queue_directory, site=domain)
                 self.conn.accept()
 
         self._decide(self.svc.restrictions.etrn(self.client, event.domain), then)
+
+    def _fast_flush(self, domain: str) -> bool:
+        """fast_flush_domains (names; a parent name covers its subdomains, as
+        parent_domain_matches_subdomains has it by default)."""
+        names = {d.lower().rstrip(".") for d in self.params.fast_flush_domains if d}
+        domain = domain.lower().rstrip(".")
+        parent = "fast_flush_domains" in self.params.parent_domain_matches_subdomains
+        return domain in names or (parent and parent_domain_match(domain, names))
 
     # -- AUTH (RFC 4954) ----------------------------------------------------
 
