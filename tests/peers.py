@@ -372,12 +372,17 @@ class ScriptedPeer:
     `conn.reply(text)`, `conn.read_line()`, `conn.read_data()`, `conn.starttls(cert,
     key)` (real OpenSSL through the ssl module)."""
 
-    def __init__(self, script: Callable[[ScriptedConnection, int], None]) -> None:
+    def __init__(
+        self,
+        script: Callable[[ScriptedConnection, int], None],
+        host: str = "127.0.0.1",
+        port: int | None = None,
+    ) -> None:
         self.script = script
-        self.port = free_port()
+        self.port = port or free_port()
         self.connections: list[ScriptedConnection] = []
         self.errors: list[BaseException] = []
-        self._sock = socket.create_server(("127.0.0.1", self.port))
+        self._sock = socket.create_server((host, self.port))
         self._sock.settimeout(0.2)
         self._stop = False
         import threading

@@ -269,3 +269,61 @@ def test_none_notes_the_starttls_offer_as_postfix(
     assert "TLS connection established to" not in server.log_text()
     msg = _find(rx, "bob", "out.none.offer")
     assert b"(using TLS" not in msg.split(b"\r\n\r\n", 1)[0].split(b"Received:")[1]
+
+
+def test_a_refusing_primary_mx_is_logged_and_the_backup_takes_the_mail(
+    postwall_factory: Callable[..., peers.PostwallServer], tmp_path: Path
+) -> None:
+    """smtp_bulk_fail's rule: a soft failure at a server that is not the last one to try
+    is logged as `QID: reason` (not as a deferral) and the next MX gets the mail; the
+    status line names the server that took it."""
+
+    def refuse(c: peers.ScriptedConnection, n: int) -> None:
+        c.reply("421 4.3.2 mx1.two.test busy")
+
+    def accept(c: peers.ScriptedConnection, n: int) -> None:
+        c.reply("220 mx2.two.test ESMTP")
+        c.ehlo("8BITMIME")
+        c.accept_mail("250 2.0.0 Ok: queued as BACKUP")
+
+    primary = peers.ScriptedPeer(refuse).start()
+    backup = peers.ScriptedPeer(accept, host="127.0.0.2", port=primary.port).start()
+    zone = (
+        "$ORIGIN two.test.\n$TTL 300\n"
+        "@ IN SOA ns.two.test. hostmaster.two.test. 1 3600 600 86400 300\n"
+        "@ IN NS ns.two.test.\nns IN A 127.0.0.1\n"
+        "@ IN MX 10 mx1.two.test.\n@ IN MX 20 mx2.two.test.\n"
+        "mx1 IN A 127.0.0.1\nmx2 IN A 127.0.0.2\n"
+    )
+    (tmp_path / "dns").mkdir()
+    dns = peers.Unbound(tmp_path / "dns", {"two.test": zone}).start()
+    try:
+        server = postwall_factory(
+            params={
+                "relayhost": f"two.test:{primary.port}",  # MX lookup, every MX on this port
+                "postwall_dns_servers": f"127.0.0.1:{dns.port}",
+                "smtp_tls_security_level": "none",
+            }
+        )
+        qid = _send(server, "mx.fallback", "bob@two.test")
+        line = server.wait_log(
+            STATUS_RE.format(
+                qid=qid,
+                rcpt="bob@two.test",
+                relay=rf"mx2\.two\.test\[127\.0\.0\.2\]:{primary.port}",
+                dsn="2.0.0",
+                status="sent",
+            )
+        )
+        assert line.group("text") == "250 2.0.0 Ok: queued as BACKUP"
+        server.wait_log(
+            rf"smtp\[\d+\]: {qid}: host mx1\.two\.test\[127\.0\.0\.1\] refused to talk to me: "
+            r"421 4\.3\.2 mx1\.two\.test busy\n"
+        )
+        assert "status=deferred" not in server.log_text()
+        assert backup.connections[0].data, "the backup MX got no message"
+    finally:
+        dns.stop()
+        primary.stop()
+        backup.stop()
+    assert primary.errors == [] and backup.errors == []
