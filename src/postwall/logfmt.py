@@ -281,6 +281,31 @@ def client(
     return text
 
 
+_NOT_IN_DOT_STRING = frozenset('()<>@,;:\\"[] ')
+
+
+def external_address(address: str) -> str:
+    """An internal-form address as Postfix 3.7 logs it (info_log_address_format =
+    external, quote_822_local): a local part that is not an RFC 822 dot-string is
+    quoted, with '"' and '\\' escaped; 8-bit text stays as it is."""
+    if not address:
+        return address
+    local, at, domain = address.rpartition("@")
+    if not at:
+        local, domain = address, ""
+    dot_string = (
+        local
+        and not local.startswith(".")
+        and not local.endswith(".")
+        and ".." not in local
+        and not any(c in _NOT_IN_DOT_STRING or ord(c) < 32 or ord(c) == 127 for c in local)
+    )
+    if dot_string:
+        return address
+    quoted = "".join("\\" + c if c in '"\\\r' else c for c in local)
+    return f'"{quoted}"{at}{domain}'
+
+
 def reject(
     queue_id: str | None,
     stage: str,
@@ -306,9 +331,9 @@ def reject(
     who = namaddr(name, addr, port)
     text = f"{queue_id or NOQUEUE}: {action}: {stage} from {who}: {reply};"
     if sender is not None:
-        text += f" from=<{sender}>"
+        text += f" from=<{external_address(sender)}>"
     if recipient is not None:
-        text += f" to=<{recipient}>"
+        text += f" to=<{external_address(recipient)}>"
     if protocol is not None:
         text += f" proto={protocol}"
     if helo is not None:

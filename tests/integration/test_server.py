@@ -294,7 +294,7 @@ def test_client_disconnect_mid_data_queues_nothing(postwall_factory):
     c.replies(4)
     c.send(b"Subject: cut\r\n\r\nhalf a mess")
     c.close()
-    server.wait_log(r"lost connection after DATA (\(\d+ bytes\) )?from ")
+    server.wait_log(r"lost connection after DATA \(\d+ bytes\) from ")
     assert not list((server.config_dir / "queue" / "incoming").iterdir())
 
 

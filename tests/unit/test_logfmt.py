@@ -409,3 +409,21 @@ def test_format_delay_precision(seconds: float) -> None:
     else:
         assert len(frac) <= 2
     assert abs(float(text) - seconds) <= 0.5 + 1e-9
+
+
+@pytest.mark.parametrize(
+    ("internal", "logged"),
+    [
+        ("root@localhost", "root@localhost"),
+        ("quoted user@localhost", '"quoted user"@localhost'),  # reference: to=<"quoted user"@..>
+        ("user@other@localhost", '"user@other"@localhost'),
+        ("a..b@c", '"a..b"@c'),
+        ('a"b@c', '"a\\"b"@c'),
+        ("caf\u00e9@b", "caf\u00e9@b"),  # 8-bit stays as it is
+        ("", ""),  # the null sender
+    ],
+)
+def test_addresses_are_logged_in_external_form(internal: str, logged: str) -> None:
+    assert lf.external_address(internal) == logged
+    line = lf.reject(None, "RCPT", "h", "192.0.2.1", "550 5.1.1 x", recipient=internal)
+    assert line.endswith(f" to=<{logged}>")

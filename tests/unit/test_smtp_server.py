@@ -18,8 +18,10 @@ from postwall.smtp.events import (
     ImproperPipelining,
     LineTooLong,
     MailFrom,
+    MailRefused,
     Message,
     NonSmtpCommand,
+    ParameterWarning,
     RcptTo,
     StartTLS,
     Vrfy,
@@ -408,6 +410,15 @@ def test_starttls_discards_pipelined_cleartext_and_resets() -> None:
     assert s.conn.disconnect_summary() == "ehlo=2 starttls=1/2 mail=1 rcpt=0/1 commands=4/6"
 
 
+def test_starttls_counts_as_done_only_after_the_handshake() -> None:
+    """Postfix 3.7's log for a client that leaves after the 220: starttls=0/1."""
+    s = Session(ServerSettings(myhostname="vm", starttls_offered=True))
+    s.send(b"EHLO x\r\nSTARTTLS\r\n")
+    assert s.conn.disconnect_summary() == "ehlo=1 starttls=0/1 commands=1/2"
+    s.conn.tls_established()
+    assert s.conn.disconnect_summary() == "ehlo=1 starttls=1 commands=2"
+
+
 def test_starttls_not_offered_and_syntax() -> None:
     s = Session()
     assert s.send(b"STARTTLS\r\n") == b"502 5.5.1 Error: command not implemented\r\n"
@@ -650,6 +661,39 @@ def test_counts_format() -> None:
     assert s.conn.disconnect_summary() == "commands=0/0"
     s.send(b"HELO x\r\nFOO\r\nMAIL FROM:<a,b>\r\nMAIL FROM:<a@b>\r\nRSET\r\n")
     assert s.conn.disconnect_summary() == "helo=1 mail=1/2 rset=1 unknown=0/1 commands=3/5"
+
+
+def test_log_details_as_the_reference_postfix_logs_them() -> None:
+    """Each checked against Postfix 3.7's log for the same bytes: XCLIENT and XFORWARD
+    in command-table order, a non-SMTP command counted as unknown, an empty command
+    not counted, the declared SIZE refusal and an unknown NOTIFY word reported."""
+    s = Session()
+    s.send(b"EHLO x\r\nXCLIENT NAME=a\r\nXFORWARD NAME=a\r\n\x00\r\n")
+    assert s.conn.disconnect_summary() == "ehlo=1 xclient=0/1 xforward=0/1 commands=1/3"
+    s.send(b"MAIL FROM:<a@b> SIZE=99999999\r\nMAIL FROM:<a@b>\r\n")
+    assert MailRefused("a@b", replies.SIZE_EXCEEDS) in s.notices
+    s.send(b"RCPT TO:<c@d> NOTIFY=NEVER,BOGUS\r\n")
+    assert ParameterWarning('unknown DSN NOTIFY command value "BOGUS" in "NEVER,BOGUS"') in (
+        s.notices
+    )
+    s.send(b"RCPT TO:<c@d> NOTIFY=NEVER,SUCCESS\r\n")  # known words: no warning
+    assert sum(isinstance(n, ParameterWarning) for n in s.notices) == 1
+    s.send(b"<html>\r\n")
+    assert s.closed
+    assert s.conn.disconnect_summary() == (
+        "ehlo=1 xclient=0/1 xforward=0/1 mail=1/2 rcpt=0/2 unknown=0/1 commands=2/8"
+    )
+
+
+def test_bytes_inside_message_content_and_the_end_of_a_chunked_message() -> None:
+    s = Session()
+    s.send(b"EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 3\r\nabc")
+    assert (s.conn.last_command, s.conn.content_bytes) == ("BDAT", 3)
+    s.send(b"BDAT 2 LAST\r\nde")
+    # Queued: a client leaving now gets no "lost connection after" line.
+    assert (s.conn.last_command, s.conn.content_bytes) == ("END-OF-MESSAGE", None)
+    s.send(b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nSubject: x\r\n\r\nhello\r\n")
+    assert (s.conn.last_command, s.conn.content_bytes) == ("DATA", 21)
 
 
 def test_eof_mid_session() -> None:

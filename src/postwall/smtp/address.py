@@ -26,11 +26,29 @@ from postwall.smtp.replies import Reply
 
 
 class ArgumentError(Exception):
-    """A command argument was refused; `reply` is what the client gets."""
+    """A command argument was refused; `reply` is what the client gets. `path` is the
+    address token to name in Postfix's "Illegal address syntax" warning, None when
+    Postfix gives none (no address refused, or a token its tokenizer already rejects:
+    an unclosed '<' or quote)."""
 
-    def __init__(self, reply: Reply) -> None:
+    def __init__(
+        self,
+        reply: Reply,
+        path: str | None = None,
+        *,
+        sender: str | None = None,
+        warning: str | None = None,
+    ) -> None:
         super().__init__(str(reply))
         self.reply = reply
+        self.path = path
+        self.sender = sender  # a MAIL refusal Postfix logs as a reject line (SIZE)
+        self.warning = warning  # a warning Postfix logs with the refusal
+
+
+def _illegal(reply: Reply, path: str) -> ArgumentError:
+    unclosed = (path.startswith("<") and ">" not in path) or path.count('"') % 2
+    return ArgumentError(reply, None if unclosed else path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,7 +322,7 @@ def parse_mail(
     path, params = _split_verb_arg(arg, "FROM:", replies.MAIL_SYNTAX)
     address = extract_address(path)
     if address is None:
-        raise ArgumentError(replies.BAD_SENDER)
+        raise _illegal(replies.BAD_SENDER, path)
     fields: dict[str, object] = {}
     for param in params:
         name, eq, value = param.partition("=")
@@ -339,11 +357,12 @@ def parse_mail(
             raise ArgumentError(replies.unsupported_option(param))
     size = fields.get("size")
     if size_limit and isinstance(size, int) and size > size_limit:
-        raise ArgumentError(replies.SIZE_EXCEEDS)
+        raise ArgumentError(replies.SIZE_EXCEEDS, sender=address)
     return address, MailParams(**fields)  # type: ignore[arg-type]
 
 
 _NOTIFY = ("SUCCESS", "FAILURE", "DELAY")
+_ALL_NOTIFY = (*_NOTIFY, "NEVER")
 _ADDR_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
 
 
@@ -352,7 +371,7 @@ def parse_rcpt(arg: str) -> tuple[str, RcptParams]:
     path, params = _split_verb_arg(arg, "TO:", replies.RCPT_SYNTAX)
     address = extract_address(path)
     if not address:
-        raise ArgumentError(replies.BAD_RECIPIENT)
+        raise _illegal(replies.BAD_RECIPIENT, path)
     notify: tuple[str, ...] = ()
     orcpt: tuple[str, str] | None = None
     for param in params:
@@ -364,7 +383,14 @@ def parse_rcpt(arg: str) -> tuple[str, RcptParams]:
                 all(w in _NOTIFY for w in words) and len(set(words)) == len(words)
             )
             if notify or not eq or not ok:
-                raise ArgumentError(replies.BAD_NOTIFY)
+                words_given = [w for w in value.split(",") if w]
+                unknown = next((w for w in words_given if w.upper() not in _ALL_NOTIFY), None)
+                warning = (
+                    f'unknown DSN NOTIFY command value "{unknown}" in "{value}"'
+                    if unknown is not None and not notify
+                    else None
+                )
+                raise ArgumentError(replies.BAD_NOTIFY, warning=warning)
             notify = words
         elif key == "ORCPT":
             kind, semi, raw = value.partition(";")
@@ -386,5 +412,5 @@ def parse_vrfy(arg: str, *, smtputf8_enable: bool = True) -> str:
     if extra and not (len(extra) == 1 and extra[0].upper() == "SMTPUTF8" and smtputf8_enable):
         raise ArgumentError(replies.BAD_RECIPIENT)
     if not extract_address(tokens[0]):
-        raise ArgumentError(replies.BAD_RECIPIENT)
+        raise _illegal(replies.BAD_RECIPIENT, tokens[0])
     return tokens[0]

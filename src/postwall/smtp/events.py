@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from postwall.smtp.address import MailParams, RcptParams
+from postwall.smtp.replies import Reply
 
 
 class Command:
@@ -148,6 +149,22 @@ class NonSmtpCommand(Notice):
 
 
 @dataclass(frozen=True, slots=True)
+class MailRefused(Notice):
+    """A MAIL refused by a check Postfix logs (the declared SIZE over the limit):
+    `NOQUEUE: reject: MAIL from host: 552 5.3.4 ...; from=<s> proto=ESMTP helo=<h>`."""
+
+    sender: str
+    reply: Reply
+
+
+@dataclass(frozen=True, slots=True)
+class ParameterWarning(Notice):
+    """A warning Postfix logs while it parses a command parameter."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class IllegalAddress(Notice):
     """Postfix: `warning: Illegal address syntax from host in CMD command: arg`."""
 
@@ -175,13 +192,15 @@ Event = (
     | LineTooLong
     | NonSmtpCommand
     | IllegalAddress
+    | MailRefused
+    | ParameterWarning
     | AuthAborted
 )
 
 
 # Postfix's command table order, which is the order of the `disconnect` tail.
 COUNTED = (
-    "helo", "ehlo", "starttls", "auth", "mail", "rcpt", "data", "bdat",
+    "helo", "ehlo", "xclient", "xforward", "starttls", "auth", "mail", "rcpt", "data", "bdat",
     "rset", "noop", "vrfy", "etrn", "quit", "unknown",
 )  # fmt: skip
 

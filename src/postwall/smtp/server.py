@@ -55,8 +55,10 @@ from postwall.smtp.events import (
     ImproperPipelining,
     LineTooLong,
     MailFrom,
+    MailRefused,
     Message,
     NonSmtpCommand,
+    ParameterWarning,
     RcptTo,
     Recipient,
     StartTLS,
@@ -307,10 +309,14 @@ class ServerConnection:
                         else replies.queued(queue_id)
                     )
                 self._reset_transaction()
-                self.last_command = "END-OF-MESSAGE" if not bdat else "BDAT"
+                # Postfix's SMTPD_AFTER_EOM for BDAT LAST too: no "lost connection" line
+                # for a client that leaves without QUIT once its message is queued.
+                self.last_command = "END-OF-MESSAGE"
                 self._ok(verb, reply)
             case StartTLS():
-                self._ok(verb, reply or replies.READY_TLS)
+                # Counted as done once the handshake is (Postfix: starttls=0/1 after a
+                # client that never finishes it).
+                self._ok("", reply or replies.READY_TLS)
                 # RFC 3207 4.2 / CVE-2011-0411: nothing sent before the handshake counts.
                 self._buf.clear()
                 self._mode = _TLS
@@ -357,6 +363,8 @@ class ServerConnection:
         """The handshake finished: start a fresh session (RFC 3207 4.2)."""
         if self._mode != _TLS and (self.tls_active or self._greeted):
             raise ProtocolMisuse("tls_established() without an accepted STARTTLS")
+        if self._mode == _TLS:
+            self.counts.succeeded("starttls")
         self.tls_active = True
         self._mode = _CMD
         self._buf.clear()
@@ -372,6 +380,16 @@ class ServerConnection:
             self._send(reply)
         self._pending = None
         self._close(reason)
+
+    @property
+    def content_bytes(self) -> int | None:
+        """Message bytes received so far inside DATA or BDAT (Postfix's `lost connection
+        after DATA (N bytes)`), None outside message content."""
+        if self._data is not None:
+            return self._data.size
+        if self._bdat is not None:
+            return self._bdat.received
+        return None
 
     def disconnect_summary(self) -> str:
         """The tail of Postfix's `disconnect from ...` line, e.g. `ehlo=1 quit=1 commands=2`."""
@@ -514,11 +532,12 @@ class ServerConnection:
             text = raw.decode("latin-1")
         words = text.strip(" \t").split(None, 1)
         if not words:
-            self._fail("", replies.BAD_SYNTAX)
+            self._fail("", replies.BAD_SYNTAX)  # not counted in the disconnect line
             return None
         verb = words[0].upper()
         arg = words[1].strip(" \t") if len(words) > 1 else ""
         if verb in s.smtpd_forbidden_commands or not "A" <= verb[0] <= "Z":
+            self.counts.tried("unknown")
             self._info.append(NonSmtpCommand(text))
             self._send(Reply(221, "2.7.0", "Error: I can break rules, too. Goodbye."))
             self._close("non-SMTP command")
@@ -623,8 +642,10 @@ class ServerConnection:
                 sasl_enabled=self.settings.smtpd_sasl_auth_enable or bool(self.sasl_mechanisms),
             )
         except ArgumentError as err:
-            if err.reply is replies.BAD_SENDER:
-                self._info.append(IllegalAddress("MAIL", arg))
+            if err.path is not None:
+                self._info.append(IllegalAddress("MAIL", err.path))
+            if err.sender is not None:
+                self._info.append(MailRefused(err.sender, err.reply))
             self._fail(name, err.reply)
             return None
         return MailFrom(address, params)
@@ -640,8 +661,10 @@ class ServerConnection:
         try:
             address, params = parse_rcpt(arg)
         except ArgumentError as err:
-            if err.reply is replies.BAD_RECIPIENT:
-                self._info.append(IllegalAddress("RCPT", arg))
+            if err.path is not None:
+                self._info.append(IllegalAddress("RCPT", err.path))
+            if err.warning is not None:
+                self._info.append(ParameterWarning(err.warning))
             self._fail(name, err.reply)
             return None
         limit = self.settings.smtpd_recipient_limit
@@ -745,8 +768,8 @@ class ServerConnection:
         try:
             address = parse_vrfy(arg, smtputf8_enable=s.smtputf8_enable)
         except ArgumentError as err:
-            if err.reply is replies.BAD_RECIPIENT:
-                self._info.append(IllegalAddress("VRFY", arg))
+            if err.path is not None:
+                self._info.append(IllegalAddress("VRFY", err.path))
             self._fail(name, err.reply)
             return None
         return Vrfy(address)

@@ -721,11 +721,28 @@ class SmtpSession(asyncio.Protocol):
                 self.log.warning("smtpd", logfmt.non_smtp_command(name, addr, line))
             case ev.LineTooLong(limit=limit, head=head):
                 self.log.warning(
-                    "smtpd", f"{self.peer}: request longer than {limit}: {logfmt.escape(head[:30])}"
+                    "smtpd",
+                    f"{self.peer}: request longer than {limit}: {logfmt.escape(head[:30])}...",
                 )
             case ev.AuthAborted():
                 self.sasl_conv = None
                 self.log.warning("smtpd", logfmt.sasl_aborted(name, addr, self.sasl_mechanism))
+            case ev.MailRefused(sender=sender, reply=reply):
+                self.log.info(
+                    "smtpd",
+                    logfmt.reject(
+                        None,
+                        "MAIL",
+                        name,
+                        addr,
+                        str(reply),
+                        sender=internal_form(sender),
+                        protocol=self._log_protocol(),
+                        helo=self.client.helo,
+                    ),
+                )
+            case ev.ParameterWarning(text=text):
+                self.log.warning("smtpd", text)
             case ev.IllegalAddress(command=command, argument=argument):
                 self.log.warning(
                     "smtpd",
@@ -901,7 +918,8 @@ class SmtpSession(asyncio.Protocol):
         if reason in ("lost connection", "timeout", "too many errors") and logfmt.should_log_abort(
             reason, where
         ):
-            self.log.info("smtpd", logfmt.session_abort(reason, where, name, addr))
+            nbytes = self.conn.content_bytes if where in ("DATA", "BDAT") else None
+            self.log.info("smtpd", logfmt.session_abort(reason, where, name, addr, nbytes))
         self.log.info("smtpd", logfmt.disconnect(name, addr, self.conn.disconnect_summary()))
 
     def _expiry(self) -> float:
@@ -1002,6 +1020,8 @@ _HANDLERS = {
     ev.NonSmtpCommand: SmtpSession.on_notice,
     ev.LineTooLong: SmtpSession.on_notice,
     ev.IllegalAddress: SmtpSession.on_notice,
+    ev.MailRefused: SmtpSession.on_notice,
+    ev.ParameterWarning: SmtpSession.on_notice,
 }
 
 
