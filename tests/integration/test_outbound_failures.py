@@ -310,6 +310,47 @@ def test_a_failed_handshake_at_may_defers_fresh_mail_then_retries_in_plaintext(
     assert peer.connections[2].lines[1].startswith(b"MAIL FROM:<root@localhost>")
 
 
+def test_a_tls_session_that_breaks_after_the_handshake_is_retried_in_plaintext_later(
+    postwall_factory: Callable[..., peers.PostwallServer],
+    scripted: Callable[..., ScriptedPeer],
+    certs: peers.TestCerts,
+) -> None:
+    """Postfix's PLAINTEXT_FALLBACK_OK_AFTER_TLS_SESSION_FAILURE: the handshake works,
+    then the server hangs up (a broken TLS middlebox); fresh mail is deferred, mail that
+    waited minimal_backoff_time goes to the same server without STARTTLS."""
+
+    def script(c: ScriptedConnection, n: int) -> None:
+        c.reply("220 scripted.test ESMTP")
+        c.ehlo("STARTTLS", "8BITMIME")
+        if n < 2:
+            assert c.read_line() == b"STARTTLS"
+            c.reply("220 2.0.0 Ready to start TLS")
+            c.starttls(certs.server_cert, certs.server_key)
+            return  # hang up before the EHLO that follows the handshake
+        c.accept_mail()
+
+    peer = scripted(script)
+    server = _server(postwall_factory, peer, smtp_tls_security_level="may")
+    qid = _send(server, "broken.session")
+    relay = _relay(peer)
+    first = server.wait_log(
+        STATUS.format(qid=qid, rcpt="bob@remote.test", relay=relay, dsn="4.4.2", status="deferred")
+    )
+    assert first.group("text") == (
+        "lost connection with 127.0.0.1[127.0.0.1] while performing the EHLO handshake"
+    )
+    server.wait_log(
+        STATUS.format(qid=qid, rcpt="bob@remote.test", relay=relay, dsn="2.0.0", status="sent")
+    )
+    assert re.search(
+        rf"smtp\[\d+\]: {qid}: lost connection with 127\.0\.0\.1\[127\.0\.0\.1\] while "
+        r"performing the EHLO handshake\n",
+        server.log_text(),
+    )
+    assert len(peer.connections) == 3
+    assert peer.connections[2].lines[1].startswith(b"MAIL FROM:<root@localhost>")
+
+
 def test_no_plaintext_fallback_when_the_server_has_sasl_credentials(
     postwall_factory: Callable[..., peers.PostwallServer], scripted: Callable[..., ScriptedPeer]
 ) -> None:

@@ -19,6 +19,7 @@ from postwall.smtp.events import (
     LineTooLong,
     MailFrom,
     MailRefused,
+    MalformedBdat,
     Message,
     NonSmtpCommand,
     ParameterWarning,
@@ -683,6 +684,13 @@ def test_log_details_as_the_reference_postfix_logs_them() -> None:
     assert s.conn.disconnect_summary() == (
         "ehlo=1 xclient=0/1 xforward=0/1 mail=1/2 rcpt=0/2 unknown=0/1 commands=2/8"
     )
+
+
+def test_a_malformed_bdat_is_reported_before_the_connection_closes() -> None:
+    s = Session()
+    out = s.send(b"EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nbdat 1x\r\n")
+    assert lines(out)[-1] == b"521 5.5.4 Syntax: BDAT count [LAST]" and s.closed
+    assert MalformedBdat("bdat 1x") in s.notices
 
 
 def test_bytes_inside_message_content_and_the_end_of_a_chunked_message() -> None:

@@ -536,6 +536,7 @@ class SmtpAgent:
         """Greeting, EHLO and the STARTTLS the policy asks for, up to a ready session."""
         level = policy.level
         stage = "receiving the initial server greeting"
+        tls_may = False
         if self._params.smtp_tls_wrappermode and conn.tls is None:
             # Implicit TLS (SMTPS, port 465): the handshake comes before the greeting.
             early = await self._handshake(conn, nexthop, policy, fallback=False)
@@ -554,9 +555,16 @@ class SmtpAgent:
                         dsn = _soft(dsn)
                     raise _SessionFailed(dsn, ev.reason(conn.namaddr))
                 if isinstance(ev, ConnectionFailed):
-                    raise _SessionFailed(ev.dsn, ev.reason(conn.namaddr))
+                    lost = ev.kind == "lost"
+                    raise _SessionFailed(
+                        ev.dsn, ev.reason(conn.namaddr), plaintext_retry=lost and tls_may
+                    )
                 if ev is CLOSED:
-                    raise _SessionFailed("4.4.2", f"lost connection with {conn.namaddr}")
+                    raise _SessionFailed(
+                        "4.4.2",
+                        f"lost connection with {conn.namaddr} while {stage}",
+                        plaintext_retry=tls_may,
+                    )
                 if isinstance(ev, StartTLSRefused):
                     if level in ("encrypt", "verify", "secure"):
                         raise _SessionFailed(
@@ -568,6 +576,9 @@ class SmtpAgent:
                 if isinstance(ev, StartTLSReady):
                     await self._handshake(conn, nexthop, policy, fallback=use_tls)
                     conn.core.tls_established()
+                    # Postfix's PLAINTEXT_FALLBACK_OK_AFTER_TLS_SESSION_FAILURE: a session
+                    # that breaks after the handshake may be retried without TLS.
+                    tls_may = level == "may"
                     continue
                 assert isinstance(ev, Ready)
                 ext = ev.extensions
@@ -587,10 +598,11 @@ class SmtpAgent:
                 return
         except _Timeout:
             raise _SessionFailed(
-                "4.4.2", logfmt.conversation_timed_out(conn.namaddr, stage)
+                "4.4.2", logfmt.conversation_timed_out(conn.namaddr, stage), plaintext_retry=tls_may
             ) from None
-        except (TLSError, OSError) as exc:
-            raise _SessionFailed("4.4.2", f"lost connection with {conn.namaddr}: {exc}") from None
+        except (TLSError, OSError):
+            reason = f"lost connection with {conn.namaddr} while {stage}"
+            raise _SessionFailed("4.4.2", reason, plaintext_retry=tls_may) from None
 
     async def _login(self, conn: _Conn, nexthop: str, sender: str = "") -> None:
         """smtp_sasl_auth_enable: AUTH with what smtp_sasl_password_maps has for this
@@ -636,8 +648,10 @@ class SmtpAgent:
             raise _SessionFailed(
                 "4.4.2", logfmt.conversation_timed_out(conn.namaddr, conn.core.stage)
             ) from None
-        except (TLSError, OSError) as exc:
-            raise _SessionFailed("4.4.2", f"lost connection with {conn.namaddr}: {exc}") from None
+        except (TLSError, OSError):
+            raise _SessionFailed(
+                "4.4.2", f"lost connection with {conn.namaddr} while {conn.core.stage}"
+            ) from None
 
     async def _sasl_exchange(self, conn: _Conn, mech: sasl_client.ClientMechanism) -> None:
         core = conn.core
@@ -665,7 +679,9 @@ class SmtpAgent:
             if isinstance(ev, ConnectionFailed):
                 raise _SessionFailed(ev.dsn, ev.reason(conn.namaddr))
             if not isinstance(ev, AuthChallenge):
-                raise _SessionFailed("4.4.2", f"lost connection with {conn.namaddr}")
+                raise _SessionFailed(
+                    "4.4.2", f"lost connection with {conn.namaddr} while {conn.core.stage}"
+                )
             try:
                 if ev.data is None:
                     raise sasl_client.SaslClientError(f"malformed challenge: {ev.reply}")

@@ -410,7 +410,8 @@ def parse_vrfy(arg: str, *, smtputf8_enable: bool = True) -> str:
         raise ArgumentError(replies.vrfy_syntax(smtputf8_enable))
     extra = tokens[1:]
     if extra and not (len(extra) == 1 and extra[0].upper() == "SMTPUTF8" and smtputf8_enable):
-        raise ArgumentError(replies.BAD_RECIPIENT)
+        # Postfix joins the words into one address (collapse_args), which then fails.
+        raise _illegal(replies.BAD_RECIPIENT, " ".join(tokens))
     if not extract_address(tokens[0]):
         raise _illegal(replies.BAD_RECIPIENT, tokens[0])
     return tokens[0]

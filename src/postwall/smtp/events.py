@@ -158,6 +158,13 @@ class MailRefused(Notice):
 
 
 @dataclass(frozen=True, slots=True)
+class MalformedBdat(Notice):
+    """Postfix: `warning: QID: malformed BDAT command syntax from host: line`."""
+
+    line: str
+
+
+@dataclass(frozen=True, slots=True)
 class ParameterWarning(Notice):
     """A warning Postfix logs while it parses a command parameter."""
 
@@ -193,6 +200,7 @@ Event = (
     | NonSmtpCommand
     | IllegalAddress
     | MailRefused
+    | MalformedBdat
     | ParameterWarning
     | AuthAborted
 )

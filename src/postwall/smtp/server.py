@@ -56,6 +56,7 @@ from postwall.smtp.events import (
     LineTooLong,
     MailFrom,
     MailRefused,
+    MalformedBdat,
     Message,
     NonSmtpCommand,
     ParameterWarning,
@@ -171,6 +172,7 @@ class ServerConnection:
         self.close_reason: str | None = None
         # Postfix's "after CMD" word for `lost connection after ...` and `timeout after ...`.
         self.last_command = "CONNECT"
+        self._line_text = ""  # the command line being handled, for warnings
         self._buf = bytearray()
         self._out: list[bytes] = []
         self._eof = False
@@ -530,6 +532,7 @@ class ServerConnection:
                 self._fail("", Reply(500, "5.5.2", "Error: bad UTF-8 syntax"))
                 return None
             text = raw.decode("latin-1")
+        self._line_text = text
         words = text.strip(" \t").split(None, 1)
         if not words:
             self._fail("", replies.BAD_SYNTAX)  # not counted in the disconnect line
@@ -700,6 +703,7 @@ class ServerConnection:
         parsed = self._parse_bdat(arg)
         if parsed is None:
             # The chunk length is unknown, so the byte stream cannot be resynchronised.
+            self._info.append(MalformedBdat(self._line_text[:100]))
             self._fail(name, replies.BDAT_SYNTAX, limit=False)
             self._reset_transaction()
             self._close("malformed BDAT command")

@@ -743,6 +743,11 @@ class SmtpSession(asyncio.Protocol):
                 )
             case ev.ParameterWarning(text=text):
                 self.log.warning("smtpd", text)
+            case ev.MalformedBdat(line=line):
+                qid = self.queue_id or logfmt.NOQUEUE
+                self.log.warning(
+                    "smtpd", f"{qid}: malformed BDAT command syntax from {self.peer}: {line}"
+                )
             case ev.IllegalAddress(command=command, argument=argument):
                 self.log.warning(
                     "smtpd",
@@ -1022,6 +1027,7 @@ _HANDLERS = {
     ev.IllegalAddress: SmtpSession.on_notice,
     ev.MailRefused: SmtpSession.on_notice,
     ev.ParameterWarning: SmtpSession.on_notice,
+    ev.MalformedBdat: SmtpSession.on_notice,
 }
 
 
