@@ -56,3 +56,30 @@ def test_sslscan_at_the_embedded_defaults(tmp_path: Path) -> None:
         proc.wait(timeout=20)
         output.close()
     assert proc.returncode == 0, (tmp_path / "stderr.log").read_text()
+
+
+def _suites(port: int) -> list[str]:
+    """sslscan's protocol lines and accepted suites (with key-exchange sizes), in order."""
+    res = peers.run_tool(
+        [peers.require_tool("sslscan"), "--no-colour", "--starttls-smtp", f"127.0.0.1:{port}"],
+        timeout=120,
+    )
+    out = res.stdout + res.stderr
+    lines = re.findall(
+        r"^(?:(?:SSL|TLS)v[\d.]+\s+(?:en|dis)abled|(?:Preferred|Accepted)\s.*)$", out, re.M
+    )
+    assert lines, out
+    return [" ".join(line.split()) for line in lines]
+
+
+def test_sslscan_sees_the_reference_postfix_s_protocols_and_suites(
+    reference_postfix: peers.PostfixInstance, postwall_tls: peers.PostwallServer
+) -> None:
+    """Both at smtpd_tls_security_level = may, asking for client certificates, with the
+    same certificate: the same protocols (TLS 1.0 and 1.1 included, as Postfix 3.7 offers
+    them), the same suites in the same order, the same DHE group size; no anonymous
+    suite."""
+    assert reference_postfix.port is not None
+    reference = _suites(reference_postfix.port)
+    assert "TLSv1.0 enabled" in reference  # what this comparison is about
+    assert _suites(postwall_tls.port) == reference

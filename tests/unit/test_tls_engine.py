@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from OpenSSL import SSL
 
-from postwall.tls import certs, describe
+from postwall.tls import certs, describe, policy
 from postwall.tls.client import ClientTLS, ClientTLSSettings
 from postwall.tls.engine import TLSError, TLSSession
 from postwall.tls.policy import ServerTLS, ServerTLSSettings, TLSConfigError
@@ -198,10 +198,17 @@ def test_tls11_client_refused_at_tls12_minimum(pki: dict[str, Path]) -> None:
     assert srv.data_to_send()
 
 
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated")
 def test_howto_not_sslv2_keeps_modern_tls(pki: dict[str, Path]) -> None:
+    """TLS 1.1 too, as Debian's Postfix 3.7 accepts it with these settings (OpenSSL
+    would refuse it at its default security level)."""
     st = server(pki, smtpd_tls_security_level="encrypt", smtpd_tls_mandatory_protocols="!SSLv2")
     assert st.protocols == ["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"]
-    for version, expected in ((None, "TLSv1.3"), (ssl.TLSVersion.TLSv1_2, "TLSv1.2")):
+    for version, expected in (
+        (None, "TLSv1.3"),
+        (ssl.TLSVersion.TLSv1_2, "TLSv1.2"),
+        (ssl.TLSVersion.TLSv1_1, "TLSv1.1"),
+    ):
         srv = st.new_session(PEER)
         peer = PyPeer(_py_ctx(version))
         for _ in range(6):
@@ -255,6 +262,50 @@ def test_anull_excluded(pki: dict[str, Path], settings: dict[str, object]) -> No
     srv, cli = st.new_session(PEER), _anull_client()
     with pytest.raises(TLSError, match=r"^SSL_accept error from unknown\[127.0.0.1\]: -1$"):
         pump(cli, srv)
+
+
+def _py_peer(ciphers: str) -> PyPeer:
+    """A TLS 1.2 client on the system's OpenSSL (as sslscan and most MTAs are)."""
+    ctx = _py_ctx()
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(ciphers + ":@SECLEVEL=0")
+    return PyPeer(ctx)
+
+
+def _handshake(peer: PyPeer, srv: TLSSession) -> None:
+    for _ in range(6):
+        peer.step(srv)
+
+
+def test_default_suites_match_the_reference_postfix(pki: dict[str, Path]) -> None:
+    """What sslscan found on Debian's Postfix 3.7 with its defaults, and postwall now
+    gives too: DHE suites (2048-bit group), anonymous suites unless a client
+    certificate is asked for; never IDEA or SEED."""
+    st = server(pki)
+    srv, peer = st.new_session(PEER), _py_peer("DHE-RSA-AES256-GCM-SHA384")
+    _handshake(peer, srv)
+    assert peer.done and srv.info.cipher_name == "DHE-RSA-AES256-GCM-SHA384"
+    srv, cli = st.new_session(PEER), _anull_client()
+    pump(cli, srv)
+    assert cli.info.trust == "Anonymous"
+    srv, cli = server(pki, smtpd_tls_ask_ccert=True).new_session(PEER), _anull_client()
+    with pytest.raises(TLSError):
+        pump(cli, srv)
+    assert "IDEA" not in ":".join(srv._conn.get_cipher_list())
+    assert "SEED" not in ":".join(srv._conn.get_cipher_list())
+
+
+def test_dh_parameter_file(pki: dict[str, Path], tmp_path: Path) -> None:
+    good = tmp_path / "dh.pem"
+    good.write_bytes(policy.FFDHE2048)
+    srv = server(pki, smtpd_tls_dh1024_param_file=str(good)).new_session(PEER)
+    peer = _py_peer("DHE-RSA-AES128-GCM-SHA256")
+    _handshake(peer, srv)
+    assert srv.info.cipher_name == "DHE-RSA-AES128-GCM-SHA256"
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not DH parameters\n")
+    with pytest.raises(TLSConfigError, match="smtpd_tls_dh1024_param_file"):
+        server(pki, smtpd_tls_dh1024_param_file=str(bad))
 
 
 def test_lost_connection_during_handshake(pki: dict[str, Path]) -> None:

@@ -145,9 +145,9 @@ class ClientTLS:
             proto, grade = s.smtp_tls_protocols, s.smtp_tls_ciphers
             excl = s.smtp_tls_exclude_ciphers
         excl = (*excl, "aNULL" if level in ("verify", "secure") else "eNULL")
-        _apply_protocols(ctx, pp, proto)
+        protocols = _apply_protocols(ctx, pp, proto)
         self.cipher_lists[level] = cipher_list(gp, grade, excl, _level_lists(s))
-        _apply_ciphers(ctx, gp, self.cipher_lists[level])
+        _apply_ciphers(ctx, gp, self.cipher_lists[level], protocols)
         return ctx
 
     def match_names(

@@ -40,7 +40,7 @@ import contextlib
 import os
 import socket
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -283,6 +283,7 @@ class ServerTLSSettings:
     smtpd_tls_exclude_ciphers: tuple[str, ...] = ()
     smtpd_tls_mandatory_exclude_ciphers: tuple[str, ...] = ()
     smtpd_tls_eecdh_grade: str = "auto"
+    smtpd_tls_dh1024_param_file: str = ""
     smtpd_tls_fingerprint_digest: str = "sha256"
     smtpd_tls_loglevel: int = 0
     smtpd_tls_session_cache_timeout: float = 3600.0
@@ -474,11 +475,52 @@ def _apply_protocols(ctx: SSL.Context, param: str, value: str) -> list[str]:
     return enabled
 
 
-def _apply_ciphers(ctx: SSL.Context, param: str, clist: str) -> None:
+def _apply_ciphers(ctx: SSL.Context, param: str, clist: str, protocols: Sequence[str] = ()) -> None:
+    """The cipher list, at OpenSSL security level 0 when TLS 1.0 or 1.1 is enabled:
+    from OpenSSL 3 on, higher levels refuse those versions and SHA-1 signatures, which
+    Postfix 3.7 still accepts with its defaults (checked: TLSv1 and `-sigalgs RSA+SHA1`
+    handshakes with Debian's Postfix; anonymous suites then come back too, as in
+    Postfix unless ask_ccert), and for opportunistic TLS the alternative is plaintext.
+    With `>=TLSv1.2` OpenSSL's default level stays."""
+    legacy = any(p in ("TLSv1", "TLSv1.1") for p in protocols) and "@SECLEVEL" not in clist
+    # The bundled OpenSSL still has IDEA and SEED, which the reference's (Debian's
+    # OpenSSL 3.0) lacks: left out, so the accepted suites are the reference's.
+    effective = clist + ":!IDEA:!SEED" + (":@SECLEVEL=0" if legacy else "")
     try:
-        ctx.set_cipher_list(clist.encode())
+        ctx.set_cipher_list(effective.encode())
     except SSL.Error as exc:
         raise TLSConfigError(param, f'invalid cipher list "{clist}": {_err(exc)}') from exc
+
+
+# RFC 7919's ffdhe2048 group: DHE suites for clients without ECDHE when no
+# smtpd_tls_dh1024_param_file is set (Postfix 3.7 has its own built-in 2048-bit group).
+FFDHE2048 = b"""-----BEGIN DH PARAMETERS-----
+MIIBCAKCAQEA//////////+t+FRYortKmq/cViAnPTzx2LnFg84tNpWp4TZBFGQz
++8yTnc4kmz75fS/jY2MMddj2gbICrsRhetPfHtXV/WVhJDP1H18GbtCFY2VVPe0a
+87VXE15/V8k1mE8McODmi3fipona8+/och3xWKE2rec1MKzKT0g6eXq8CrGCsyT7
+YdEIqUuyyOP7uWrat2DX9GgdT0Kj3jlN9K5W7edjcrsZCwenyO4KbXCeAvzhzffi
+7MA0BM0oNC9hkXL+nOmFg/+OTxIy7vKBg8P+OxtMb61zO7X8vC7CIAXFjvGDfRaD
+ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
+-----END DH PARAMETERS-----
+"""
+
+
+def _apply_dh(ctx: SSL.Context, param: str, pem: bytes) -> None:
+    """DH parameters from PEM (pyOpenSSL's load_tmp_dh wants a file name)."""
+    bio = _lib.BIO_new_mem_buf(pem, len(pem))
+    try:
+        dh = _lib.PEM_read_bio_DHparams(bio, _ffi.NULL, _ffi.NULL, _ffi.NULL)
+    finally:
+        _lib.BIO_free(bio)
+    if dh == _ffi.NULL:
+        _lib.ERR_clear_error()
+        raise TLSConfigError(param, "no DH parameters (BEGIN DH PARAMETERS) found")
+    try:
+        if not _lib.SSL_CTX_set_tmp_dh(ctx._context, dh):
+            _lib.ERR_clear_error()
+            raise TLSConfigError(param, "OpenSSL refused the DH parameters")
+    finally:
+        _lib.DH_free(dh)
 
 
 def _apply_curves(ctx: SSL.Context, param: str, names: tuple[str, ...]) -> list[str]:
@@ -630,7 +672,7 @@ class ServerTLS:
             excl = (*excl, "aNULL")
         protocols = _apply_protocols(ctx, proto_param, proto)
         clist = cipher_list(grade_param, grade, excl, _level_lists(s))
-        _apply_ciphers(ctx, grade_param, clist)
+        _apply_ciphers(ctx, grade_param, clist, protocols)
 
         grade_e = s.smtpd_tls_eecdh_grade.strip().lower()
         if grade_e == "auto":
@@ -644,6 +686,12 @@ class ServerTLS:
         else:
             raise TLSConfigError("smtpd_tls_eecdh_grade", f'invalid value: "{grade_e}"')
         usable_curves = _apply_curves(ctx, "smtpd_tls_eecdh_grade", curves)
+        dh_file = s.smtpd_tls_dh1024_param_file
+        _apply_dh(
+            ctx,
+            "smtpd_tls_dh1024_param_file",
+            _read("smtpd_tls_dh1024_param_file", dh_file) if dh_file else FFDHE2048,
+        )
 
         if self.session_timeout > 0:
             ctx.set_session_id(SESSION_ID_CONTEXT)
