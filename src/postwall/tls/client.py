@@ -147,7 +147,10 @@ class ClientTLS:
         excl = (*excl, "aNULL" if level in ("verify", "secure") else "eNULL")
         protocols = _apply_protocols(ctx, pp, proto)
         self.cipher_lists[level] = cipher_list(gp, grade, excl, _level_lists(s))
-        _apply_ciphers(ctx, gp, self.cipher_lists[level], protocols)
+        # Old protocols (security level 0) only where nothing is verified: a
+        # verify/secure certificate check keeps OpenSSL's default level.
+        legacy_ok = protocols if level in ("may", "encrypt") else ()
+        _apply_ciphers(ctx, gp, self.cipher_lists[level], legacy_ok)
         return ctx
 
     def match_names(
