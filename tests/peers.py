@@ -895,7 +895,7 @@ class OpenSMTPD:
             [self.exe, "-d", "-f", str(conf)], stdout=out, stderr=subprocess.STDOUT
         )
         out.close()
-        wait_for(lambda: self._listening(), 15, "OpenSMTPD", detail=self._tail)
+        wait_for(self._listening, 15, "OpenSMTPD", detail=self._tail)
         return self
 
     def _listening(self) -> bool:

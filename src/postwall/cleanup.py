@@ -129,8 +129,12 @@ class EnvelopeRouting:
     recipient_bcc: list[Table] = field(default_factory=list)
 
     @classmethod
-    def from_params(cls, params: Params) -> EnvelopeRouting:
-        resolver = AddressResolver.from_params(params)
+    def from_params(
+        cls, params: Params, resolver: AddressResolver | None = None
+    ) -> EnvelopeRouting:
+        """`resolver`: the one the caller already built from `params` (its tables are
+        opened once), else a new one."""
+        resolver = resolver or AddressResolver.from_params(params)
         base = Path(params.config_directory)
         return cls(
             resolver,
@@ -159,6 +163,7 @@ class Cleanup:
         log: MailLog,
         on_commit: Callable[[str, Envelope], None] = lambda qid, envelope: None,
         checks: ContentChecks | None = None,
+        resolver: AddressResolver | None = None,
     ) -> None:
         # ChecksError (a ValueError naming the parameter) for tables it cannot use.
         self.checks = checks if checks is not None else ContentChecks(params)
@@ -170,7 +175,7 @@ class Cleanup:
         self._on_commit = on_commit
         # BCC copies and virtual(5) aliases are applied here, before queueing, as in
         # Postfix; a reload replaces them (master.py).
-        self.routing = EnvelopeRouting.from_params(params)
+        self.routing = EnvelopeRouting.from_params(params, resolver)
 
     def _route(self, sub: Submission) -> list[Recipient]:
         """The recipients to queue: each replaced by its virtual alias expansion (a new

@@ -176,6 +176,15 @@ def _checks(config: Config, log: MailLog) -> ContentChecks:
     return checks
 
 
+def _routing(config: Config, resolver: AddressResolver) -> EnvelopeRouting:
+    """always_bcc and the BCC tables for cleanup, with the delivery side's resolver
+    (its tables already open); StartupError when a table cannot be used."""
+    try:
+        return EnvelopeRouting.from_params(config.params, resolver)
+    except (ValueError, OSError) as exc:  # TableError is a ValueError
+        raise StartupError([f"{config.params.config_directory}/main.cf: {exc}"]) from None
+
+
 def _shown(value: object) -> str:
     return "yes" if value is True else str(value)
 
@@ -350,7 +359,12 @@ class Master:
             sync_agents=self.delivery.sync_agents,
         )
         self.cleanup = Cleanup(
-            params, self.store, self.log, on_commit=self.qmgr.wake, checks=_checks(config, self.log)
+            params,
+            self.store,
+            self.log,
+            on_commit=self.qmgr.wake,
+            checks=_checks(config, self.log),
+            resolver=self.delivery.resolver,
         )
         self.qmgr.attach_cleanup(self.cleanup)
         # One anvil for the server's life: counts and rates survive a reload.
@@ -512,6 +526,7 @@ class Master:
             services = build_smtpd_services(config, self.log, self.cleanup, self.anvil)
             delivery = build_delivery(config, self.log)
             checks = _checks(config, self.log)
+            routing = _routing(config, delivery.resolver)
         except StartupError as exc:
             for problem in exc.problems:
                 self.log.warning(
@@ -521,7 +536,7 @@ class Master:
             return
         self.log.reopen()
         self.cleanup.checks = checks
-        self.cleanup.routing = EnvelopeRouting.from_params(config.params)
+        self.cleanup.routing = routing
         self.anvil.time_unit = config.params.anvil_rate_time_unit
         self.pickup.params = config.params
         for name, listener in self.listeners.items():

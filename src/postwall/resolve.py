@@ -78,6 +78,25 @@ def split_address(address: str) -> tuple[str, str]:
     return local, domain
 
 
+def strip_extension(local: str, delimiters: str) -> str:
+    """The local part without its address extension (recipient_delimiter: the first
+    delimiter, in the setting's order, that follows a non-empty user)."""
+    for delim in delimiters:
+        head, sep, _ = local.partition(delim)
+        if sep and head:
+            return head
+    return local
+
+
+def sender_keys(sender: str, delimiters: str) -> list[str]:
+    """The keys of a per-sender table (sender_dependent_relayhost_maps, and
+    smtp_sasl_password_maps with smtp_sender_dependent_authentication), in Postfix's
+    order: the address, the address without its extension, @domain; lower case."""
+    local, domain = split_address(sender.lower())
+    bare = strip_extension(local, delimiters)
+    return [sender.lower(), *([f"{bare}@{domain}"] if bare != local else []), f"@{domain}"]
+
+
 class AddressResolver:
     def __init__(
         self,
@@ -232,12 +251,7 @@ class AddressResolver:
     def local_user(self, address: str) -> str:
         """The mailbox owner of a local address: the local part without its extension."""
         local, _ = split_address(self.qualify(address))
-        if self._delimiter:
-            for delim in self._delimiter:
-                head, sep, _ = local.partition(delim)
-                if sep and head:
-                    return head
-        return local
+        return strip_extension(local, self._delimiter)
 
     def is_known_local(self, address: str) -> bool:
         """local_recipient_maps semantics: an empty setting accepts every local part."""
@@ -295,17 +309,7 @@ class AddressResolver:
         if not sender:
             keys = [self._null_sender_key]
         else:
-            sender = self.qualify(sender)
-            local, domain = split_address(sender)
-            user = self.local_user(sender)
-            keys = (
-                [sender, f"{user}@{domain}", f"@{domain}"]
-                if user != local
-                else [
-                    sender,
-                    f"@{domain}",
-                ]
-            )
+            keys = sender_keys(self.qualify(sender), self._delimiter)
         for i, key in enumerate(keys):
             for table in self._sender_relayhosts:
                 value = table.query(key.lower(), partial=i > 0)

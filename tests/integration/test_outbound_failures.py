@@ -263,6 +263,21 @@ def test_454_to_starttls_at_encrypt_defers_without_plaintext(
     )
 
 
+def _deferred_then_sent(
+    server: peers.PostwallServer, peer: ScriptedPeer, qid: str, dsn: str
+) -> str:
+    """Wait for a first attempt deferred with `dsn`, then for delivery, both through
+    `peer`; the deferral's reason."""
+    relay = _relay(peer)
+    first = server.wait_log(
+        STATUS.format(qid=qid, rcpt="bob@remote.test", relay=relay, dsn=dsn, status="deferred")
+    )
+    server.wait_log(
+        STATUS.format(qid=qid, rcpt="bob@remote.test", relay=relay, dsn="2.0.0", status="sent")
+    )
+    return first.group("text")
+
+
 def _broken_starttls(c: ScriptedConnection, *extensions: str) -> None:
     """Offer STARTTLS, accept it, then answer the ClientHello with bytes that are not TLS."""
     c.reply("220 scripted.test ESMTP")
@@ -294,13 +309,7 @@ def test_a_failed_handshake_at_may_defers_fresh_mail_then_retries_in_plaintext(
     server = _server(postwall_factory, peer, smtp_tls_security_level="may")
     qid = _send(server, "broken.tls")
     relay = _relay(peer)
-    first = server.wait_log(
-        STATUS.format(qid=qid, rcpt="bob@remote.test", relay=relay, dsn="4.7.5", status="deferred")
-    )
-    assert first.group("text") == "Cannot start TLS: handshake failure"
-    server.wait_log(
-        STATUS.format(qid=qid, rcpt="bob@remote.test", relay=relay, dsn="2.0.0", status="sent")
-    )
+    assert _deferred_then_sent(server, peer, qid, "4.7.5") == "Cannot start TLS: handshake failure"
     log = server.log_text()
     assert len(re.findall(rf"smtp\[\d+\]: SSL_connect error to {relay}: -1\n", log)) == 2
     assert re.search(r"smtp\[\d+\]: warning: TLS library problem: error:", log)
@@ -332,15 +341,8 @@ def test_a_tls_session_that_breaks_after_the_handshake_is_retried_in_plaintext_l
     peer = scripted(script)
     server = _server(postwall_factory, peer, smtp_tls_security_level="may")
     qid = _send(server, "broken.session")
-    relay = _relay(peer)
-    first = server.wait_log(
-        STATUS.format(qid=qid, rcpt="bob@remote.test", relay=relay, dsn="4.4.2", status="deferred")
-    )
-    assert first.group("text") == (
+    assert _deferred_then_sent(server, peer, qid, "4.4.2") == (
         "lost connection with 127.0.0.1[127.0.0.1] while performing the EHLO handshake"
-    )
-    server.wait_log(
-        STATUS.format(qid=qid, rcpt="bob@remote.test", relay=relay, dsn="2.0.0", status="sent")
     )
     assert re.search(
         rf"smtp\[\d+\]: {qid}: lost connection with 127\.0\.0\.1\[127\.0\.0\.1\] while "

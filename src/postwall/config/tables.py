@@ -147,20 +147,16 @@ class CidrTable(Table):
                 if not stack:
                     self.warnings.append(f"{where}: ENDIF without IF: skipping this rule")
                     continue
-                index, _line = stack.pop()
+                index, _ = stack.pop()
                 op, net, neg, result, _ = self.rules[index]
                 self.rules[index] = (op, net, neg, result, len(self.rules))
                 self.rules.append(("endif", None, False, "", -1))
                 continue
             is_if = word.lower() == "if"
-            pattern, result = (
-                (rest.split(None, 1)[0] if rest else "", "")
-                if is_if
-                else (
-                    word,
-                    rest,
-                )
-            )
+            if is_if:
+                pattern, result = (rest.split(None, 1)[0] if rest else ""), ""
+            else:
+                pattern, result = word, rest
             if not is_if and not result:
                 self.warnings.append(f"{where}: no lookup result: skipping this rule")
                 continue

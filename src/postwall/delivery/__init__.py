@@ -7,12 +7,13 @@ recipient completion or a bounce/defer.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["DeliveryResult", "DeliveryStatus", "copy_head", "lf_lines"]
+__all__ = ["DeliveryResult", "DeliveryStatus", "copy_head", "dsn_split", "lf_lines"]
 
 DeliveryStatus = Literal["sent", "deferred", "bounced"]
 
@@ -29,6 +30,19 @@ class DeliveryResult:
         wanted = {"sent": "2", "deferred": "4", "bounced": "5"}[self.status]
         if not self.dsn.startswith(wanted + "."):
             raise ValueError(f"dsn {self.dsn} does not fit status {self.status}")
+
+
+_DSN_PREFIX = re.compile(r"[245]\.\d{1,3}\.\d{1,3}(?:\s+|$)")
+
+
+def dsn_split(text: str) -> tuple[str, str] | None:
+    """Postfix's dsn_split()/dsn_valid(): a leading RFC 3463 status ("5.1.1", then white
+    space or the end) and the text after it; None when the text has none. Transports
+    whose next hop or output may carry a status (error, retry, discard, pipe) use it."""
+    m = _DSN_PREFIX.match(text)
+    if m is None:
+        return None
+    return m.group(0).strip(), text[m.end() :]
 
 
 def lf_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:

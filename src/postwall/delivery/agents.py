@@ -19,7 +19,6 @@ after a crash, or after a partial alias delivery, never leaves a second copy.
 from __future__ import annotations
 
 import asyncio
-import re
 import socket
 import time
 import zlib
@@ -29,7 +28,7 @@ from pathlib import Path
 
 from postwall.config.params import Params
 from postwall.config.tables import Table, lookup_maps, open_maps
-from postwall.delivery import DeliveryResult, discard
+from postwall.delivery import DeliveryResult, discard, dsn_split
 from postwall.delivery.command import CommandSettings, alias_items
 from postwall.delivery.local import (
     LocalDeliveryNotSupported,
@@ -312,21 +311,16 @@ async def error_agent(
 ) -> list[AgentResult]:
     """Postfix's error(8): the next hop is the reason (`error:text`), a leading
     enhanced status code its DSN (`error:5.1.1 text`); a 4.x.x one defers."""
-    dsn, text = _dsn_split(dest.nexthop, "5.0.0")
+    dsn, text = _status(dest.nexthop, "5.0.0")
     status = "deferred" if dsn.startswith("4") else "bounced"
     result = DeliveryResult(status, dsn, text or "delivery failed")
     return [AgentResult(result, relay="none", service="error") for _ in indexes]
 
 
-_DSN_PREFIX = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})\s+")
-
-
-def _dsn_split(text: str, default: str) -> tuple[str, str]:
-    """Postfix dsn_split(): a leading "X.Y.Z " is the status, the rest the text."""
-    m = _DSN_PREFIX.match(text)
-    if m is None or m.group(1) == "2":
-        return default, text
-    return text[: m.end()].strip(), text[m.end() :]
+def _status(nexthop: str, default: str) -> tuple[str, str]:
+    """The error/retry next hop's leading status (not a 2.x.x one), or `default`."""
+    split = dsn_split(nexthop)
+    return split if split is not None and split[0][0] != "2" else (default, nexthop)
 
 
 async def retry_agent(
@@ -334,7 +328,7 @@ async def retry_agent(
 ) -> list[AgentResult]:
     """Postfix's retry: defer with the next hop as the reason (a leading status is
     kept, as 4.x.x)."""
-    dsn, text = _dsn_split(dest.nexthop, "4.0.0")
+    dsn, text = _status(dest.nexthop, "4.0.0")
     dsn = "4" + dsn[1:]
     result = DeliveryResult("deferred", dsn, text or "delivery temporarily suspended")
     return [AgentResult(result, relay="none", service="retry") for _ in indexes]

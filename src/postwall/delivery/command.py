@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from postwall.config.maincf import Expander, ExpandError
-from postwall.delivery import DeliveryResult, copy_head, lf_lines
+from postwall.delivery import DeliveryResult, copy_head, dsn_split, lf_lines
 
 __all__ = [
     "EXIT_CODES",
@@ -88,8 +88,6 @@ EXIT_CODES: dict[int, tuple[str, str]] = {
 
 # Table types that are files (config/tables.py opens these from a path).
 _FILE_TABLES = ("hash", "btree", "lmdb", "cdb", "dbm", "sdbm", "texthash", "regexp", "pcre")
-
-_DSN_PREFIX = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?:\s+|$)")
 
 
 @dataclass(frozen=True)
@@ -320,11 +318,11 @@ def exit_result(
                 "deferred", "4.3.0", f'Command failed: {os.strerror(write_error)}: "{command}"'
             )
         return DeliveryResult("sent", "2.0.0", f"delivered to command: {command}")
-    m = _DSN_PREFIX.match(text)
-    if m:  # "D.S.N text" output takes precedence over the exit status
-        dsn = ".".join(m.groups())
+    split = dsn_split(text)
+    if split:  # "D.S.N text" output takes precedence over the exit status
+        dsn, rest = split
         status_word = "deferred" if dsn.startswith("4") else "bounced"
-        return DeliveryResult(status_word, dsn, text[m.end() :] or text)  # type: ignore[arg-type]
+        return DeliveryResult(status_word, dsn, rest or text)  # type: ignore[arg-type]
     if code in EXIT_CODES:
         dsn, what = EXIT_CODES[code]
         status_word = "deferred" if dsn.startswith("4") else "bounced"

@@ -11,20 +11,16 @@ Never fails; callers: the queue manager.
 
 from __future__ import annotations
 
-import re
-
-from postwall.delivery import DeliveryResult
+from postwall.delivery import DeliveryResult, dsn_split
 
 __all__ = ["deliver"]
-
-_DSN_PREFIX = re.compile(r"([245])\.\d{1,3}\.\d{1,3}(?:\s+|$)")
 
 
 def deliver(nexthop: str) -> DeliveryResult:
     """The result for each recipient routed to `discard:<nexthop>`."""
-    m = _DSN_PREFIX.match(nexthop)
-    if m is None:
+    split = dsn_split(nexthop)
+    if split is None:
         return DeliveryResult("sent", "2.0.0", nexthop)
-    dsn = m.group(0).strip()
+    dsn, text = split
     # Postfix keeps the detail but the delivery still counts as sent.
-    return DeliveryResult("sent", "2" + dsn[1:], nexthop[m.end() :])
+    return DeliveryResult("sent", "2" + dsn[1:], text)

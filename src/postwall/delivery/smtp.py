@@ -51,7 +51,7 @@ from postwall.delivery import DeliveryResult
 from postwall.delivery.agents import AgentResult
 from postwall.log import MailLog
 from postwall.queue.store import QueuedMessage
-from postwall.resolve import Destination
+from postwall.resolve import Destination, sender_keys
 from postwall.sasl import client as sasl_client
 from postwall.smtp.client import (
     CLOSED,
@@ -536,7 +536,14 @@ class SmtpAgent:
         """Greeting, EHLO and the STARTTLS the policy asks for, up to a ready session."""
         level = policy.level
         stage = "receiving the initial server greeting"
-        tls_may = False
+
+        def broken(dsn: str, reason: str) -> _SessionFailed:
+            # Postfix's PLAINTEXT_FALLBACK_OK_AFTER_TLS_SESSION_FAILURE: a session that
+            # breaks after a good handshake at may may be retried without TLS.
+            return _SessionFailed(
+                dsn, reason, plaintext_retry=conn.tls is not None and level == "may"
+            )
+
         if self._params.smtp_tls_wrappermode and conn.tls is None:
             # Implicit TLS (SMTPS, port 465): the handshake comes before the greeting.
             early = await self._handshake(conn, nexthop, policy, fallback=False)
@@ -555,16 +562,11 @@ class SmtpAgent:
                         dsn = _soft(dsn)
                     raise _SessionFailed(dsn, ev.reason(conn.namaddr))
                 if isinstance(ev, ConnectionFailed):
-                    lost = ev.kind == "lost"
-                    raise _SessionFailed(
-                        ev.dsn, ev.reason(conn.namaddr), plaintext_retry=lost and tls_may
-                    )
+                    if ev.kind == "lost":
+                        raise broken(ev.dsn, ev.reason(conn.namaddr))
+                    raise _SessionFailed(ev.dsn, ev.reason(conn.namaddr))
                 if ev is CLOSED:
-                    raise _SessionFailed(
-                        "4.4.2",
-                        f"lost connection with {conn.namaddr} while {stage}",
-                        plaintext_retry=tls_may,
-                    )
+                    raise broken("4.4.2", f"lost connection with {conn.namaddr} while {stage}")
                 if isinstance(ev, StartTLSRefused):
                     if level in ("encrypt", "verify", "secure"):
                         raise _SessionFailed(
@@ -576,9 +578,6 @@ class SmtpAgent:
                 if isinstance(ev, StartTLSReady):
                     await self._handshake(conn, nexthop, policy, fallback=use_tls)
                     conn.core.tls_established()
-                    # Postfix's PLAINTEXT_FALLBACK_OK_AFTER_TLS_SESSION_FAILURE: a session
-                    # that breaks after the handshake may be retried without TLS.
-                    tls_may = level == "may"
                     continue
                 assert isinstance(ev, Ready)
                 ext = ev.extensions
@@ -597,12 +596,9 @@ class SmtpAgent:
                     )
                 return
         except _Timeout:
-            raise _SessionFailed(
-                "4.4.2", logfmt.conversation_timed_out(conn.namaddr, stage), plaintext_retry=tls_may
-            ) from None
+            raise broken("4.4.2", logfmt.conversation_timed_out(conn.namaddr, stage)) from None
         except (TLSError, OSError):
-            reason = f"lost connection with {conn.namaddr} while {stage}"
-            raise _SessionFailed("4.4.2", reason, plaintext_retry=tls_may) from None
+            raise broken("4.4.2", f"lost connection with {conn.namaddr} while {stage}") from None
 
     async def _login(self, conn: _Conn, nexthop: str, sender: str = "") -> None:
         """smtp_sasl_auth_enable: AUTH with what smtp_sasl_password_maps has for this
@@ -707,14 +703,7 @@ class SmtpAgent:
         for the server's name, else for the next hop; keys folded to lower case."""
         keys: list[str] = []
         if "@" in sender and self._params.smtp_sender_dependent_authentication:
-            local, _, domain = sender.lower().rpartition("@")
-            bare = local
-            for delim in self._params.recipient_delimiter:
-                head, sep, _ = local.partition(delim)
-                if sep and head:
-                    bare = head
-                    break
-            keys += [sender.lower(), f"{bare}@{domain}", f"@{domain}"]
+            keys += sender_keys(sender, self._params.recipient_delimiter)
         keys += [host.lower(), nexthop.lower()]
         for key in dict.fromkeys(keys):
             for table in self._sasl_maps:

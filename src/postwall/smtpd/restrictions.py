@@ -55,6 +55,7 @@ from postwall.resolve import (
     internal_form,
     mail_addr_find,
     split_address,
+    strip_extension,
 )
 from postwall.smtp.replies import Reply
 from postwall.smtpd import dnsbl, policy
@@ -212,7 +213,6 @@ class Restrictions:
         self._relay_rcpt_maps = [
             self._table(ref, "relay_recipient_maps") for ref in params.relay_recipient_maps
         ]
-        self._relocated_maps = [self._table(ref, "relocated_maps") for ref in params.relocated_maps]
         try:
             self._mx_networks = ClientList(params.permit_mx_backup_networks)
         except ValueError as err:
@@ -682,7 +682,7 @@ class Restrictions:
         resolved = self._resolver.resolve(address)
         full = resolved.address
         local, domain = split_address(full)
-        bare = self._strip_extension(local)
+        bare = strip_extension(local, self.p.recipient_delimiter)
         keys: list[tuple[str, bool]] = [(full, False)]
         if bare != local:
             keys.append((f"{bare}@{domain}", True))
@@ -704,13 +704,6 @@ class Restrictions:
                     return None  # source-routed: too suspicious for OK
                 return status
         return None
-
-    def _strip_extension(self, local: str) -> str:
-        for delim in self.p.recipient_delimiter:
-            head, sep, _ = local.partition(delim)
-            if sep and head:
-                return head
-        return local
 
     # -- recipient and sender tables ---------------------------------------
 

@@ -572,7 +572,7 @@ def _enqueue(opts: Options, env: _Env) -> int:
         if opts.verbose:
             print(f"{PROG}: {qid}: queued by the postwall server", file=sys.stderr)
         return 0
-    qid = _submit(env, queue_dir, sub, pickup_sender=sender)
+    qid = _submit(env, queue_dir, sub, pickup_sender=sender, resolver=resolver)
     _wake(env, queue_dir, opts.verbose, qid)
     return 0
 
@@ -591,13 +591,19 @@ def _recipients(
     return out
 
 
-def _submit(env: _Env, queue_dir: Path, sub: Submission, pickup_sender: str | None) -> str:
+def _submit(
+    env: _Env,
+    queue_dir: Path,
+    sub: Submission,
+    pickup_sender: str | None,
+    resolver: AddressResolver,
+) -> str:
     """Through cleanup into incoming/, durably; the queue id, or Fatal."""
     log = env.log or MailLog(env.config.params.syslog_name, env.config.params.myhostname)
     store = QueueStore(queue_dir, spare_ids=0)
     try:
         try:
-            cleanup = Cleanup(env.config.params, store, log)
+            cleanup = Cleanup(env.config.params, store, log, resolver=resolver)
         except ChecksError as exc:  # an unusable header_checks/body_checks table
             raise Fatal(str(exc)) from None
         sub.queue_id = cleanup.new_queue_id()
@@ -690,7 +696,7 @@ def _verify(
             protocol="",
             internal=True,
         )
-        qid = _submit(env, queue_dir, sub, pickup_sender=None)
+        qid = _submit(env, queue_dir, sub, pickup_sender=None, resolver=resolver)
         if log is not None:
             log.info("bounce", logfmt.notification(probe, "sender delivery status", qid))
         _wake(env, queue_dir, opts.verbose, qid)
@@ -810,7 +816,7 @@ def _smtp_mode(env: _Env) -> int:
     conn = ServerConnection(ServerSettings.from_params(params))
     store = QueueStore(queue_dir, spare_ids=0)
     try:
-        cleanup = Cleanup(params, store, log)
+        cleanup = Cleanup(params, store, log, resolver=resolver)
     except ChecksError as exc:
         store.close()
         raise Fatal(str(exc)) from None
