@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 from postwall import logfmt
 from postwall.config.params import Params
@@ -250,7 +250,8 @@ class Cleanup:
             queue_id=sub.queue_id,
             sender=sub.sender,
             recipients=recipients,
-            ret=sub.ret,
+            # Words the SMTP core or sendmail accepted; records.encode checks them again.
+            ret=cast("Literal['FULL', 'HDRS'] | None", sub.ret),
             envid=sub.envid,
             arrival_time=sub.arrival_time,
             client_name=sub.client_name,
@@ -259,7 +260,7 @@ class Cleanup:
             helo=sub.helo or "",
             protocol=sub.protocol,
             sasl_username=sub.sasl_username or "",
-            body_type=sub.body_type or "",
+            body_type=cast("Literal['7BIT', '8BITMIME'] | None", sub.body_type or None),
             smtputf8=sub.smtputf8,
             size=len(content),
         )
@@ -615,7 +616,8 @@ class _Inspector:
                     pos = self.nested_headers(pos)
                 self.body(pos)
         if self.edits and not self.aborted:
-            out, last = [], 0
+            out: list[bytes] = []
+            last = 0
             for start, end, repl in self.edits:
                 out += (content[last:start], repl)
                 last = end

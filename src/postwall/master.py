@@ -23,8 +23,10 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from postwall import __version__, fsutil, logfmt
 from postwall.anvil import Anvil
@@ -423,7 +425,7 @@ class Master:
         loop = asyncio.get_running_loop()
         problems = []
         for svc in config.services:
-            if svc.name not in services:
+            if svc.name not in services or svc.listen is None:  # inet services only
                 continue
             host, port = svc.listen
             try:
@@ -604,6 +606,7 @@ def sd_notify(state: str) -> None:
 
 def run_foreground(config_dir: Path) -> int:
     """Run until stopped; the exit status of `postwall start`."""
+    runner: Callable[[Coroutine[Any, Any, None]], None]
     try:
         import uvloop
 

@@ -683,9 +683,6 @@ class Params:
     fallback_transport: str = _s("", "Transport for recipients not in passwd.")
     owner_request_special: bool = _b("yes", "Treat owner-x and x-request specially.")
     expand_owner_alias: bool = _b("no", "Use owner-x aliases as envelope sender.")
-    propagate_unmatched_extensions: tuple[str, ...] = _l(
-        "canonical, virtual", "Lookups that keep an unmatched address extension."
-    )
     content_filter: str = _s("", "Transport:nexthop of an after-queue content filter.")
     receive_override_options: tuple[str, ...] = _l("", "Per-service receive options.")
 

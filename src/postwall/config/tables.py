@@ -169,8 +169,8 @@ class CidrTable(Table):
             if is_if:
                 stack.append((len(self.rules), num))
             self.rules.append(("if" if is_if else "match", net, negated, result, -1))
-        for _index, line in reversed(stack):
-            self.warnings.append(f"cidr map {path}, line {line}: IF has no matching ENDIF")
+        for _index, lineno in reversed(stack):
+            self.warnings.append(f"cidr map {path}, line {lineno}: IF has no matching ENDIF")
 
     def lookup(self, key: str) -> str | None:
         try:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from postwall.config.params import Params
 from postwall.config.tables import Table, lookup_maps, open_maps
-from postwall.delivery import DeliveryResult, discard, dsn_split
+from postwall.delivery import DeliveryResult, DeliveryStatus, discard, dsn_split
 from postwall.delivery.command import CommandSettings, alias_items
 from postwall.delivery.local import (
     LocalDeliveryNotSupported,
@@ -312,7 +312,7 @@ async def error_agent(
     """Postfix's error(8): the next hop is the reason (`error:text`), a leading
     enhanced status code its DSN (`error:5.1.1 text`); a 4.x.x one defers."""
     dsn, text = _status(dest.nexthop, "5.0.0")
-    status = "deferred" if dsn.startswith("4") else "bounced"
+    status: DeliveryStatus = "deferred" if dsn.startswith("4") else "bounced"
     result = DeliveryResult(status, dsn, text or "delivery failed")
     return [AgentResult(result, relay="none", service="error") for _ in indexes]
 

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from postwall import fsutil
 from postwall.config.params import Params
-from postwall.delivery import DeliveryResult, copy_head, lf_lines
+from postwall.delivery import DeliveryResult, DeliveryStatus, copy_head, lf_lines
 
 _FROM = b"From "
 
@@ -140,7 +140,7 @@ def deliver_mbox(
         _append(fd, chunks, sender, recipient, original, cfg.size_limit)
         switch("spool")
     except _Failure as exc:
-        status = "deferred" if exc.dsn.startswith("4") else "bounced"
+        status: DeliveryStatus = "deferred" if exc.dsn.startswith("4") else "bounced"
         return DeliveryResult(
             status, exc.dsn, f"cannot update mailbox {path} for user {user}. {exc}"
         )

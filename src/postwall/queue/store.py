@@ -594,9 +594,10 @@ class QueueStore:
         envelope: Envelope,
         content: bytes | memoryview,
         reservation: Reservation | None,
+        future: concurrent.futures.Future[str] | asyncio.Future[str],
         loop: asyncio.AbstractEventLoop | None = None,
         state: State = "incoming",
-    ) -> concurrent.futures.Future[str] | asyncio.Future[str]:
+    ) -> None:
         parts = records.encode(envelope, content)  # ValueError before anything is queued
         if reservation is None:
             reservation = self.reserve_sync()
@@ -607,14 +608,11 @@ class QueueStore:
             if self._committer is None:
                 self._committer = _GroupCommitter(self, self._fsync_workers)
             committer = self._committer
-        future: concurrent.futures.Future[str] | asyncio.Future[str]
-        future = loop.create_future() if loop is not None else concurrent.futures.Future()
         try:
             committer.submit(_Job(parts, reservation, future, loop, state))
         except BaseException:
             self.abandon(reservation)
             raise
-        return future
 
     async def commit(
         self,
@@ -634,8 +632,10 @@ class QueueStore:
         owned = reservation is None
         if reservation is None:
             reservation = await self.reserve()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[str] = loop.create_future()
         try:
-            future = self._submit(envelope, content, reservation, asyncio.get_running_loop(), state)
+            self._submit(envelope, content, reservation, future, loop, state)
         except BaseException:
             if owned:
                 self.abandon(reservation)
@@ -648,8 +648,8 @@ class QueueStore:
     ) -> str:
         if reservation is None:
             reservation = self._reservation_for(envelope)
-        future = self._submit(envelope, content, reservation)
-        assert isinstance(future, concurrent.futures.Future)
+        future: concurrent.futures.Future[str] = concurrent.futures.Future()
+        self._submit(envelope, content, reservation, future)
         return future.result()
 
     @property

@@ -226,7 +226,7 @@ class Restrictions:
             value = given.get(name.lower(), "")
             if not split_list(value):  # smtpd_check.c: a fatal error at start-up
                 raise ValueError(f"restriction class `{name}' needs a definition")
-            self._class_defs[name.lower()] = split_list(value)
+            self._class_defs[name.lower()] = list(split_list(value))
         self._classes: dict[str, list[_Item]] = {}
         self._compiling: set[str] = set()
         for name in self._class_defs:
@@ -326,8 +326,7 @@ class Restrictions:
                 i += 2
                 continue
             if low in self._class_defs:
-                items = self._class_items(low)
-                out.append(_Item(low, lambda ctx, n, c, items=items: self._run(ctx, items, n, c)))
+                out.append(_Item(low, self._class_check(self._class_items(low))))
                 i += 1
                 continue
             factory = _CHECKS.get(low)
@@ -338,6 +337,14 @@ class Restrictions:
             out.append(_Item(low, factory(self)))
             i += 1
         return out
+
+    def _class_check(self, members: list[_Item]) -> Check:
+        """A restriction class used as one restriction: its members, evaluated in turn."""
+
+        def check(ctx: _Ctx, name: str, cls: str) -> Awaitable[Status]:
+            return self._run(ctx, members, name, cls)
+
+        return check
 
     def _class_items(self, name: str) -> list[_Item]:
         """A restriction class compiled once (a list object filled in place, so a class

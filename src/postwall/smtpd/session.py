@@ -1009,7 +1009,8 @@ class SmtpSession(asyncio.Protocol):
 
 _INSTANCES = itertools.count(1)
 
-_HANDLERS = {
+# Each handler takes the event type it is listed under.
+_HANDLERS: dict[type, Callable[[SmtpSession, Any], None]] = {
     ev.Helo: SmtpSession.on_helo,
     ev.MailFrom: SmtpSession.on_mail,
     ev.RcptTo: SmtpSession.on_rcpt,

@@ -61,7 +61,7 @@ def _new_key(key_type: str) -> PrivateKey:
     raise CertError(f"key type {key_type!r} not supported (rsa, rsa4096, ecdsa, ed25519)")
 
 
-def _sign_hash(key: PrivateKey) -> hashes.HashAlgorithm | None:
+def _sign_hash(key: PrivateKey) -> hashes.SHA256 | None:
     return None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
 
 

@@ -356,12 +356,9 @@ def _check_readable(param: str, path: str) -> None:
 
 
 @contextlib.contextmanager
-def _as_path(data: bytes | None) -> Iterator[str | None]:
-    """A path OpenSSL can open for `data` (None stays None): a memory file, so what the
-    root helper read for us never lands on disk and its owner's permissions do not apply."""
-    if data is None:
-        yield None
-        return
+def _as_path(data: bytes) -> Iterator[str]:
+    """A path OpenSSL can open for `data`: a memory file, so what the root helper read
+    for us never lands on disk and its owner's permissions do not apply."""
     fd = os.memfd_create("postwall-tls", os.MFD_CLOEXEC)
     try:
         fsutil.write_all(fd, data)
@@ -374,8 +371,11 @@ def load_verify(ctx: SSL.Context, param: str, cafile: str, capath: str) -> None:
     """load_verify_locations with the CA file read through `certs.read_file`."""
     data = _read(param, cafile) if cafile else None
     try:
-        with _as_path(data) as path:
-            ctx.load_verify_locations(path, capath or None)
+        if data is None:
+            ctx.load_verify_locations(None, capath or None)
+        else:
+            with _as_path(data) as path:
+                ctx.load_verify_locations(path, capath or None)
     except SSL.Error as exc:
         param = param if cafile else param.replace("CAfile", "CApath")
         raise TLSConfigError(
@@ -654,7 +654,7 @@ class ServerTLS:
             if self.ask_ccert and s.smtpd_tls_CAfile:
                 # The CertificateRequest names these CAs so clients pick a fitting cert.
                 with _as_path(_read("smtpd_tls_CAfile", s.smtpd_tls_CAfile)) as path:
-                    ctx.load_client_ca((path or "").encode())
+                    ctx.load_client_ca(path.encode())
         ctx.set_verify_depth(s.smtpd_tls_ccert_verifydepth)
 
         if self.required:

@@ -189,8 +189,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"  SHA1 fingerprint: {report.sha1}")
     print(f"  public key SHA256: {report.pkey_sha256}")
     print(f"  certificates in file: {report.chain_length}")
-    matches = {True: "matches the certificate", False: "DOES NOT match the certificate"}
-    print(f"smtpd_tls_key_file = {key_file}: {matches.get(report.key_matches, 'no key')}")
+    matches = {
+        True: "matches the certificate",
+        False: "DOES NOT match the certificate",
+        None: "no key",
+    }
+    print(f"smtpd_tls_key_file = {key_file}: {matches[report.key_matches]}")
     if ca_file:
         verdict = "verifies" if report.chain_verifies else "does NOT verify"
         print(f"smtpd_tls_CAfile = {ca_file}: the chain {verdict} against it")

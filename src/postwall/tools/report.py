@@ -314,14 +314,14 @@ class Report:
         kind, peer = _failure(text)
         if kind is None:
             return
-        conn = self._conn.get(key)
+        current = self._conn.get(key)
         if peer is not None and (
-            conn is None or _host(conn.peer) != _host(peer) or conn.qid is not None
+            current is None or _host(current.peer) != _host(peer) or current.qid is not None
         ):
-            conn = self._open(key, peer)  # SSL_connect error: the first line of a connection
-        if conn is not None:  # a library problem or "QID: Cannot start TLS" on the current one
-            conn.offered = True
-            conn.failures.add(kind)
+            current = self._open(key, peer)  # SSL_connect error: the first line of a connection
+        if current is not None:  # a library problem or "QID: Cannot start TLS" on the current one
+            current.offered = True
+            current.failures.add(kind)
 
     def _open(self, key: tuple[str, str, str], peer: str) -> _Session:
         old = self._conn.pop(key, None)
@@ -505,7 +505,7 @@ def _direction_json(d: Direction, top: int, *, outbound: bool) -> dict[str, Any]
 def _open_input(path: str) -> IO[bytes]:
     """The file's bytes, decompressed when it starts with gzip's magic number."""
     raw: IO[bytes] = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
-    buffered = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(raw)  # type: ignore[arg-type]
+    buffered = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(raw)  # type: ignore[type-var]
     if buffered.peek(2)[:2] == b"\x1f\x8b":
         return gzip.GzipFile(fileobj=buffered, mode="rb")  # type: ignore[return-value]
     return buffered
