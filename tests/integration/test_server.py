@@ -157,6 +157,26 @@ def test_relay_denied_outside_mynetworks(postwall_factory):
     )
 
 
+def test_rejects_after_rset_name_no_queue_id(postwall_factory):
+    # The id shown at the first accepted RCPT belongs to that transaction only: after RSET
+    # Postfix has removed its queue file and logs NOQUEUE (fail2ban and pflogsumm key on it).
+    server = postwall_factory(
+        params={"smtpd_sender_restrictions": "reject_non_fqdn_sender", "smtpd_delay_reject": "no"}
+    )
+    c = Raw(server.port)
+    c.send(b"EHLO client.example\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<root@localhost>\r\n")
+    c.replies(3)
+    qid = server.wait_log(r"(\w+): client=").group(1)
+    c.send(b"RSET\r\n")
+    assert c.reply() == "250 2.0.0 Ok"
+    c.send(b"MAIL FROM:<joe>\r\n")
+    assert c.reply() == "504 5.5.2 <joe>: Sender address rejected: need fully-qualified address"
+    c.send(b"QUIT\r\n")
+    assert c.reply() == "221 2.0.0 Bye"
+    line = server.wait_log(r"\S+: reject: MAIL from \S+: 504 5\.5\.2 <joe>.*").group(0)
+    assert line.startswith("NOQUEUE: reject: MAIL"), (qid, line)
+
+
 def test_encrypt_level_requires_starttls(postwall_factory, certs):
     server = postwall_factory(params=_tls_params(certs, smtpd_tls_security_level="encrypt"))
     c = Raw(server.port)

@@ -744,7 +744,7 @@ class SmtpSession(asyncio.Protocol):
             case ev.ParameterWarning(text=text):
                 self.log.warning("smtpd", text)
             case ev.MalformedBdat(line=line):
-                qid = self.queue_id or logfmt.NOQUEUE
+                qid = self._transaction_id or logfmt.NOQUEUE
                 self.log.warning(
                     "smtpd", f"{qid}: malformed BDAT command syntax from {self.peer}: {line}"
                 )
@@ -852,7 +852,7 @@ class SmtpSession(asyncio.Protocol):
             self.log.info(
                 "smtpd",
                 logfmt.reject(
-                    self.queue_id,
+                    self._transaction_id,
                     stage,
                     self.client.name,
                     self.client.addr,
@@ -893,7 +893,7 @@ class SmtpSession(asyncio.Protocol):
         self.log.info(
             "smtpd",
             logfmt.reject(
-                self.queue_id,
+                self._transaction_id,
                 stage,
                 self.client.name,
                 self.client.addr,
@@ -904,6 +904,13 @@ class SmtpSession(asyncio.Protocol):
                 helo=self.client.helo,
             ),
         )
+
+    @property
+    def _transaction_id(self) -> str | None:
+        """The queue id log lines name: none outside a transaction. The id reserved at the
+        first RCPT is kept across RSET until the next MAIL (it is given back then), but
+        Postfix's queue file is gone at RSET, so its later lines say NOQUEUE."""
+        return self.queue_id if self.conn.in_transaction else None
 
     def _log_protocol(self) -> str:
         return "ESMTP" if self.conn.esmtp else "SMTP"
