@@ -246,7 +246,11 @@ def test_client_tls_session_is_resumed_on_the_next_connection(
                 qid=qid, rcpt="bob@example.test", relay=relay, dsn="2.0.0", status="sent"
             )
         )
-    assert server.log_text().count(f"127.0.0.1[127.0.0.1]:{rx.port}: Reusing old session") == 1
+    log, peer = server.log_text(), f"127.0.0.1[127.0.0.1]:{rx.port}"
+    assert log.count(f"{peer}: Reusing old session") == 1
+    # Loglevel 2 also names the set-up and the cipher list, per connection.
+    assert log.count(f"setting up TLS connection to {peer}") == 2
+    assert len(re.findall(rf"\]: {relay}: TLS cipher list \"[A-Za-z0-9:+!@-]+\"", log)) == 2
 
 
 def test_none_notes_the_starttls_offer_as_postfix(

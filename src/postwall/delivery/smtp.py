@@ -734,6 +734,8 @@ class SmtpAgent:
         )
         if p.smtp_tls_loglevel >= 2:
             self._log.info("smtp", describe.setting_up(peer, server_side=False))
+            cipher_list = self._tls.cipher_lists.get(policy.level or self._tls.level, "")
+            self._log.info("smtp", describe.cipher_list_line(peer, cipher_list))
         deadline = time.monotonic() + p.smtp_starttls_timeout
         early = b""
         try:

@@ -758,7 +758,9 @@ class SmtpSession(asyncio.Protocol):
 
     def _start_tls(self) -> None:
         assert self.svc.tls is not None
-        self.log.info("smtpd", logfmt.tls_setup(self.client.name, self.client.addr))
+        if self.svc.tls.loglevel >= 2:  # Postfix 3.7: both lines at 2 and up, not at 1
+            self.log.info("smtpd", logfmt.tls_setup(self.client.name, self.client.addr))
+            self.log.info("smtpd", describe.cipher_list_line(self.peer, self.svc.tls.cipher_list))
         self.tls = self.svc.tls.new_session(
             self.peer, log=lambda line: self.log.info("smtpd", line)
         )
