@@ -323,6 +323,18 @@ def test_garbage_instead_of_client_hello(pki: dict[str, Path]) -> None:
     with pytest.raises(TLSError) as exc:
         srv.receive(b"EHLO not-tls\r\n")
     assert exc.value.reason == f"SSL_accept error from {PEER}: -1"
+    # OpenSSL 3's wording with the packed code, as Postfix 3.7 logs it (it adds file:line).
+    assert exc.value.details == (
+        "TLS library problem: error:0A00010B:SSL routines::wrong version number",
+    )
+
+
+def test_handshake_failure_logs_error_in_state_at_loglevel_2(pki: dict[str, Path]) -> None:
+    lines: list[str] = []
+    srv = server(pki, smtpd_tls_loglevel=2).new_session(PEER, log=lines.append)
+    with pytest.raises(TLSError):
+        srv.receive(b"\x16\x03\x01\x00\x05hello")  # a record, but no ClientHello
+    assert lines[-2:] == ["SSL3 alert write:fatal:unexpected_message", "SSL_accept:error in error"]
 
 
 @pytest.mark.parametrize("version", ["TLSv1.2", "TLSv1.3"])

@@ -264,9 +264,7 @@ class SmtpSession(asyncio.Protocol):
             plaintext = self.tls.receive(data)
         except TLSError as exc:
             self._write_raw(self.tls.data_to_send())
-            for line in exc.details:  # already worded "TLS library problem: ..."
-                self.log.warning("smtpd", line)
-            self._tls_failed(exc.reason, logged=True)
+            self._tls_failed(exc.reason, exc.details)
             return
         self._write_raw(self.tls.data_to_send())
         if not was_done and self.tls.handshake_done:
@@ -828,10 +826,15 @@ class SmtpSession(asyncio.Protocol):
         except Exception as exc:
             self._crash(exc)
 
-    def _tls_failed(self, reason: str, logged: bool = False) -> None:
-        detail = reason if not logged else reason.rpartition(": ")[2] or reason
+    def _tls_failed(self, reason: str, details: tuple[str, ...] = ()) -> None:
+        """Postfix's order: `SSL_accept error from ...: -1`, the library's errors (worded
+        "TLS library problem: ..."), then, whatever failed, the session ends as a lost
+        connection (smtpd_start_tls() takes the EOF path)."""
+        detail = reason.rpartition(": ")[2] or reason
         self.log.info("smtpd", logfmt.ssl_accept_error(self.client.name, self.client.addr, detail))
-        self._log_end("lost connection" if "lost connection" in reason else "")
+        for line in details:
+            self.log.warning("smtpd", line)
+        self._log_end("lost connection")
         self._close()
 
     def _received_tls_clauses(self) -> list[str]:

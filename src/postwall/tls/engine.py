@@ -40,6 +40,9 @@ from postwall.config.network import is_ip
 LogFn = Callable[[str], None]
 
 _READ_CHUNK = 16384
+_WANT = (2, 3)  # SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE
+_SSL_ERROR_SYSCALL = 5
+_SSL_ERROR_ZERO_RETURN = 6
 _X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT = 18
 _X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN = 19
 _X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT = 2
@@ -152,6 +155,24 @@ class TLSInfo:
     @property
     def trusted(self) -> bool:
         return self.trust in ("Trusted", "Verified")
+
+
+def _library_problems() -> tuple[str, ...]:
+    """Empty OpenSSL's error queue into Postfix's "TLS library problem" lines, worded as
+    OpenSSL 3's ERR_error_string_n() (Postfix adds the source file and line, which these
+    bindings do not give)."""
+    lines = []
+    while code := _lib.ERR_get_error():
+        lib = _lib.ERR_lib_error_string(code)
+        reason = _lib.ERR_reason_error_string(code)
+        lib_text = _ffi.string(lib).decode() if lib != _ffi.NULL else f"lib({(code >> 23) & 0xFF})"
+        reason_text = (
+            _ffi.string(reason).decode()
+            if reason != _ffi.NULL
+            else f"reason({_lib.ERR_GET_REASON(code)})"
+        )
+        lines.append(f"TLS library problem: error:{code:08X}:{lib_text}::{reason_text}")
+    return tuple(lines)
 
 
 def _oneline(name_ptr: object) -> str:
@@ -331,6 +352,13 @@ class TLSSession:
                 self._emit(f"SSL3 alert {direction}:{level}:{_ALERTS.get(desc, 'unknown')}")
         elif where & SSL.SSL_CB_EXIT and ret == 0:
             self._emit(f"{self._role}:failed in {state}")
+        elif (
+            where & SSL.SSL_CB_EXIT
+            and ret < 0
+            # As Postfix's tls_info_callback: a handshake waiting for bytes is no error.
+            and _lib.SSL_get_error(conn._ssl, ret) not in _WANT  # type: ignore[attr-defined]
+        ):
+            self._emit(f"{self._role}:error in {state}")
 
     def _verify_cb(
         self, conn: SSL.Connection, cert: crypto.X509, errnum: int, depth: int, ok: int
@@ -373,10 +401,12 @@ class TLSSession:
 
     # -- the byte pump -------------------------------------------------------------
 
-    def _failure(self, exc: SSL.Error | None, lost: bool = False) -> TLSError:
+    def _failure(
+        self, exc: SSL.Error | None, lost: bool = False, details: tuple[str, ...] = ()
+    ) -> TLSError:
         where = f"from {self.peer}" if self.server_side else f"to {self.peer}"
-        details: tuple[str, ...] = ()
         if exc is not None and exc.args and isinstance(exc.args[0], list):
+            # pyOpenSSL has taken the packed codes off the queue: names only.
             details = tuple(
                 f"TLS library problem: error:{lib}:{func}:{reason}"
                 for lib, func, reason in (
@@ -389,16 +419,18 @@ class TLSSession:
         return TLSError(f"TLS read/write error {where}: {what}", details)
 
     def _handshake(self) -> None:
-        try:
-            self._conn.do_handshake()
-        except (SSL.WantReadError, SSL.WantWriteError):
-            return
-        except SSL.ZeroReturnError as exc:
-            raise self._failure(exc, lost=True) from exc
-        except SSL.SysCallError as exc:
-            raise self._failure(None, lost=True) from exc
-        except SSL.Error as exc:
-            raise self._failure(exc) from exc
+        # SSL_do_handshake itself rather than pyOpenSSL's wrapper, which empties OpenSSL's
+        # error queue into names: the packed codes are what Postfix logs.
+        ssl = self._conn._ssl  # type: ignore[attr-defined]
+        result = _lib.SSL_do_handshake(ssl)
+        if result != 1:
+            error = _lib.SSL_get_error(ssl, result)
+            if error in _WANT:
+                return
+            problems = _library_problems()
+            if error == _SSL_ERROR_ZERO_RETURN or (error == _SSL_ERROR_SYSCALL and not problems):
+                raise self._failure(None, lost=True)
+            raise self._failure(None, details=problems)
         self.handshake_done = True
         self._info = self._collect()
 
