@@ -289,6 +289,17 @@ def test_bdat_chunking(postwall_factory):
     assert msg.endswith(b"\n\nabcd\n")
 
 
+def test_client_sni_is_not_in_the_summary_line(postwall_factory, certs):
+    # smtplib sends the host name as SNI. Postfix writes "to NAME" only for a name its
+    # tls_server_sni_maps accepted; without SNI maps the summary names the client alone.
+    server = postwall_factory(params=_tls_params(certs))
+    with smtplib.SMTP("localhost", server.port, timeout=10) as s:
+        s.starttls(context=_client_ctx())
+        assert s.noop()[0] == 250
+    line = server.wait_log(r"Anonymous TLS connection established from [^:]+: TLSv1\.3").group(0)
+    assert " to localhost" not in line, line
+
+
 def test_failed_handshake_and_garbage_leave_server_serving(postwall_factory, certs):
     server = postwall_factory(params=_tls_params(certs))
     c = Raw(server.port)

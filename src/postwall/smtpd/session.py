@@ -827,11 +827,14 @@ class SmtpSession(asyncio.Protocol):
             self._crash(exc)
 
     def _tls_failed(self, reason: str, details: tuple[str, ...] = ()) -> None:
-        """Postfix's order: `SSL_accept error from ...: -1`, the library's errors (worded
-        "TLS library problem: ..."), then, whatever failed, the session ends as a lost
-        connection (smtpd_start_tls() takes the EOF path)."""
-        detail = reason.rpartition(": ")[2] or reason
-        self.log.info("smtpd", logfmt.ssl_accept_error(self.client.name, self.client.addr, detail))
+        """Postfix's order: `SSL_accept error from ...: -1` (a failed handshake only), the
+        library's errors (worded "TLS library problem: ..."), then, whatever failed, the
+        session ends as a lost connection (Postfix's EOF path)."""
+        if self.tls is None or not self.tls.handshake_done:  # after it, only the warnings
+            detail = reason.rpartition(": ")[2] or reason
+            self.log.info(
+                "smtpd", logfmt.ssl_accept_error(self.client.name, self.client.addr, detail)
+            )
         for line in details:
             self.log.warning("smtpd", line)
         self._log_end("lost connection")

@@ -78,10 +78,9 @@ def established(
     if direction not in ("from", "to"):
         raise ValueError(f"direction must be 'from' or 'to', not {direction!r}")
     peer = info.peer if peer is None else peer
-    sni = f" to {info.peer_sni}" if info.server_side and info.peer_sni else ""
     line = (
         f"{info.trust} TLS connection {'reused' if reused else 'established'} "
-        f"{direction} {peer}{sni}: {info.protocol} with cipher {info.cipher_name} "
+        f"{direction} {peer}: {info.protocol} with cipher {info.cipher_name} "
         f"({info.cipher_usebits}/{info.cipher_algbits} bits)"
     )
     for part in (_kex(info), _server_sig(info), _client_sig(info)):

@@ -43,6 +43,8 @@ _READ_CHUNK = 16384
 _WANT = (2, 3)  # SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE
 _SSL_ERROR_SYSCALL = 5
 _SSL_ERROR_ZERO_RETURN = 6
+# Read buffers are overwritten before use: no need to clear 16 KiB per read.
+_uncleared = _ffi.new_allocator(should_clear_after_alloc=False)
 _X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT = 18
 _X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN = 19
 _X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT = 2
@@ -146,7 +148,6 @@ class TLSInfo:
     trust: str = "Anonymous"  # Trusted / Untrusted / Anonymous; client side also Verified
     matched: bool = False  # client side: certificate matched one of the expected names
     reused: bool = False
-    peer_sni: str = ""
 
     @property
     def cert_present(self) -> bool:
@@ -450,24 +451,31 @@ class TLSSession:
                 return b""
         out = bytearray()
         ssl, into = self._conn._ssl, self._conn._into_ssl  # type: ignore[attr-defined]
+        buf = None
         # Read while a record may be complete: decrypted bytes left, or ciphertext not
-        # yet consumed (an empty BIO would only raise WantReadError, which costs more).
+        # yet consumed (an empty BIO would only report WANT_READ). SSL_read itself, as in
+        # _handshake, so that a failure keeps OpenSSL's packed error codes.
         while _lib.SSL_pending(ssl) or _lib.BIO_get_mem_data(into, _ffi.NULL):
-            try:
-                out += self._conn.recv(_READ_CHUNK)
-            except (SSL.WantReadError, SSL.WantWriteError):
+            if buf is None:
+                buf = _uncleared("char[]", _READ_CHUNK)
+            n = _lib.SSL_read(ssl, buf, _READ_CHUNK)
+            if n > 0:
+                out += _ffi.buffer(buf, n)
+                continue
+            error = _lib.SSL_get_error(ssl, n)
+            if error in _WANT:
                 break
-            except SSL.ZeroReturnError:
+            if error == _SSL_ERROR_ZERO_RETURN:
                 # Answer the peer's close_notify: OpenSSL drops a session from the server
                 # cache when the SSL object is freed without a shutdown having been sent.
                 with contextlib.suppress(SSL.Error):
                     self._conn.shutdown()
                 self.closed = True
                 break
-            except SSL.SysCallError as exc:
-                raise self._failure(None, lost=True) from exc
-            except SSL.Error as exc:
-                raise self._failure(exc) from exc
+            problems = _library_problems()
+            if error == _SSL_ERROR_SYSCALL and not problems:
+                raise self._failure(None, lost=True)
+            raise self._failure(None, details=problems)
         return bytes(out)
 
     def send(self, plaintext: bytes) -> None:
@@ -567,7 +575,8 @@ class TLSSession:
                     f"server certificate verification failed for {self.peer}: "
                     + ("num=64:IP address mismatch" if ip_only else "num=62:hostname mismatch")
                 )
-        sni = conn.get_servername() if self.server_side else None
+        # A client's SNI is not reported: Postfix adds "to NAME" to the summary only when
+        # tls_server_sni_maps accepted the name, and postwall has no SNI maps.
         return TLSInfo(
             server_side=self.server_side,
             peer=self.peer,
@@ -593,5 +602,4 @@ class TLSSession:
             trust=trust,
             matched=matched,
             reused=reused,
-            peer_sni=sni.decode("idna") if sni else "",
         )
