@@ -203,6 +203,9 @@ class Cleanup:
     def new_queue_id(self) -> str:
         return self._store.new_queue_id()
 
+    def free_space(self) -> tuple[int, int]:
+        return self._store.free_space()
+
     def release_queue_id(self, queue_id: str) -> None:
         self._store.release_queue_id(queue_id)
 

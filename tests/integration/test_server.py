@@ -289,6 +289,29 @@ def test_bdat_chunking(postwall_factory):
     assert msg.endswith(b"\n\nabcd\n")
 
 
+@pytest.mark.parametrize(
+    "params",
+    [{"message_size_limit": str(10**18)}, {"queue_minfree": str(10**18)}],
+    ids=["1.5 x message_size_limit", "queue_minfree"],
+)
+def test_mail_refused_when_the_queue_has_too_little_space(postwall_factory, params):
+    # Postfix's smtpd_check_queue(): more than any disk holds is needed, so MAIL gets 452
+    # 4.3.1, the reject line and the warning; nothing is queued, the session goes on.
+    server = postwall_factory(params=params)
+    c = Raw(server.port)
+    c.send(b"EHLO client.example\r\nMAIL FROM:<a@example.org>\r\n")
+    assert c.replies(2)[1] == "452 4.3.1 Insufficient system storage"
+    c.send(b"RCPT TO:<root@localhost>\r\n")
+    assert c.reply() == "503 5.5.1 Error: need MAIL command"
+    c.send(b"QUIT\r\n")
+    assert c.reply() == "221 2.0.0 Bye"
+    server.wait_log(
+        r"NOQUEUE: reject: MAIL from \S+\[127\.0\.0\.1\]: 452 4\.3\.1 Insufficient system "
+        r"storage; proto=ESMTP helo=<client\.example>\n"
+        r".*warning: not enough free space in mail queue: \d+ bytes < 1\.5\*message size limit"
+    )
+
+
 def test_client_sni_is_not_in_the_summary_line(postwall_factory, certs):
     # smtplib sends the host name as SNI. Postfix writes "to NAME" only for a name its
     # tls_server_sni_maps accepted; without SNI maps the summary names the client alone.

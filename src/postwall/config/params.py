@@ -481,6 +481,7 @@ class Params:
     smtpd_client_port_logging: bool = _b("no", "Log the client port with its address.")
     smtpd_reject_footer: str = _s("", "Text appended to 4xx/5xx replies.")
     message_size_limit: int = _i("10240000", "Maximal message size in bytes (0: none).")
+    queue_minfree: int = _i("0", "Queue file system space (bytes) below which smtpd refuses MAIL.")
     line_length_limit: int = _i("2048", "Lines longer than this are broken up.", lo=1)
     disable_vrfy_command: bool = _b("no", "Disable the VRFY command.")
     smtpd_discard_ehlo_keywords: tuple[str, ...] = _l("", "EHLO keywords not announced.")

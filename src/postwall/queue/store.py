@@ -392,6 +392,11 @@ class QueueStore:
             raise ValueError(f"malformed queue id {queue_id!r}")
         return self._dirs[state] + queue_id
 
+    def free_space(self) -> tuple[int, int]:
+        """(blocks available to unprivileged users, block size) of the queue's file system."""
+        st = os.statvfs(self.directory)
+        return st.f_bavail, st.f_frsize
+
     def state_dir(self, state: str) -> str:
         """The directory of a state (or "tmp") as a string ending in "/"."""
         return self._dirs[state]

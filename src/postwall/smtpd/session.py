@@ -425,11 +425,37 @@ class SmtpSession(asyncio.Protocol):
                 self._reject("MAIL", decision.reply)
                 self.client.sender = None
                 return
+            shortage = self._queue_space_shortage()
+            if shortage is not None:
+                # Postfix checks before the sender becomes the session's: no from= here.
+                self.client.sender = None
+                self._reject("MAIL", _INSUFFICIENT_STORAGE)
+                self.log.warning("smtpd", shortage)
+                return
             self._release_queue_id()
             self.client.rcpt_count = 0
             self.conn.accept()
 
         self._decide(self.svc.restrictions.mail(self.client), then)
+
+    def _queue_space_shortage(self) -> str | None:
+        """Postfix's smtpd_check_queue(): the warning when the queue file system has no
+        more than queue_minfree, or less than 1.5 times message_size_limit, free."""
+        try:
+            blocks, size = self.svc.cleanup.free_space()
+        except OSError as exc:  # the commit will say what is wrong; do not guess here
+            self.log.warning("smtpd", f"cannot check free space in mail queue: {exc}")
+            return None
+        size = size or 1
+        if (
+            self.params.queue_minfree // size >= blocks
+            or self.params.message_size_limit // size >= blocks / _SPACE_FACTOR
+        ):
+            return (
+                f"not enough free space in mail queue: {blocks * size} bytes < "
+                f"{_SPACE_FACTOR:g}*message size limit"
+            )
+        return None
 
     def on_rcpt(self, event: ev.RcptTo) -> None:
         if self._refused(self.limits.rcpt(self.peer) if self.limits else None):
@@ -1023,6 +1049,10 @@ class SmtpSession(asyncio.Protocol):
 
 
 _INSTANCES = itertools.count(1)
+# Free queue space must exceed this many times message_size_limit (Postfix's
+# smtpd_space_multf), so that a message the server accepts at MAIL can be written.
+_SPACE_FACTOR = 1.5
+_INSUFFICIENT_STORAGE = Reply(452, "4.3.1", "Insufficient system storage")
 
 # Each handler takes the event type it is listed under.
 _HANDLERS: dict[type, Callable[[SmtpSession, Any], None]] = {
