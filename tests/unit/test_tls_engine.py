@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import ssl
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ from OpenSSL import SSL
 
 from postwall.tls import certs, describe, policy
 from postwall.tls.client import ClientTLS, ClientTLSSettings
-from postwall.tls.engine import TLSError, TLSSession
+from postwall.tls.engine import TLSError, TLSSession, dump_lines
 from postwall.tls.policy import ServerTLS, ServerTLSSettings, TLSConfigError
 
 PEER = "unknown[127.0.0.1]"
@@ -476,3 +477,48 @@ def test_signature_facts_follow_the_certificate_of_each_context(pki: dict[str, P
         )
         srv, _ = handshake(ec, client(pki))
         assert (srv.info.server_sig_name, srv.info.server_sig_curve) == ("ECDSA", "P-256")
+
+
+def test_dump_lines_are_postfix_s_tls_dump_buffer() -> None:
+    assert dump_lines(b"\x16\x03\x01\x00\x05hello  \x00") == [
+        "0000 16 03 01 00 05 68 65 6c|6c 6f " + " " * 18 + " .....hel lo",
+        "000a - <SPACES/NULLS>",
+    ]
+    row = bytes(range(0x41, 0x51))
+    assert dump_lines(row) == [
+        "0000 41 42 43 44 45 46 47 48|49 4a 4b 4c 4d 4e 4f 50  ABCDEFGH IJKLMNOP"
+    ]
+
+
+@pytest.mark.parametrize("loglevel", [2, 3, 4])
+def test_loglevel_3_dumps_the_handshake_and_4_everything(
+    pki: dict[str, Path], loglevel: int
+) -> None:
+    lines: list[str] = []
+    srv = server(pki, smtpd_tls_loglevel=loglevel).new_session(PEER, log=lines.append)
+    cli = client(pki).new_session("mx.example.test[127.0.0.1]:25")
+    pump(cli, srv)
+    assert srv.handshake_done and cli.handshake_done
+    reads = [x for x in lines if x.startswith("read from ")]
+    writes = [x for x in lines if x.startswith("write to ")]
+    if loglevel == 2:
+        assert not reads and not writes
+    else:
+        # As OpenSSL reads a socket: the ClientHello's 5-byte header, then its body.
+        assert re.fullmatch(
+            r"read from [0-9A-F]{8} \[[0-9A-F]{8}\] \(5 bytes => 5 \(0x5\)\)", reads[0]
+        )
+        assert lines[lines.index(reads[0]) + 1].startswith("0000 16 03 01 ")
+        # ServerHello, ChangeCipherSpec, the encrypted flight, then the session tickets.
+        assert len(writes) >= 4
+    handshake_lines = len(lines)
+    cli.send(b"EHLO client\r\n")
+    assert srv.receive(cli.data_to_send()) == b"EHLO client\r\n"
+    srv.send(b"250 ok\r\n")
+    cli.receive(srv.data_to_send())
+    after = lines[handshake_lines:]
+    if loglevel == 4:
+        assert any(x.startswith("read from ") for x in after)
+        assert any(x.startswith("write to ") for x in after)
+    else:
+        assert after == []

@@ -176,6 +176,52 @@ def _library_problems() -> tuple[str, ...]:
     return tuple(lines)
 
 
+def dump_lines(data: bytes) -> list[str]:
+    """Postfix's tls_dump_buffer(): 16 bytes a row as hex (a `|` after the eighth) and as
+    printable ASCII; trailing spaces and NULs are summarised in one last line."""
+    last = len(data)
+    while last and data[last - 1] in (0, 0x20):
+        last -= 1
+    lines = []
+    for row in range(0, last, 16):
+        chunk = data[row : min(row + 16, last)]
+        hexes = "".join(f"{b:02x}{'|' if i == 7 else ' '}" for i, b in enumerate(chunk))
+        text = "".join(
+            (chr(b) if 0x20 <= b <= 0x7E else ".") + (" " if i == 7 else "")
+            for i, b in enumerate(chunk)
+        )
+        lines.append(f"{row:04x} {hexes}{'   ' * (16 - len(chunk))} {text}")
+    if last < len(data):
+        lines.append(f"{last:04x} - <SPACES/NULLS>")
+    return lines
+
+
+def _as_read(data: bytes) -> list[bytes]:
+    """`data` cut as OpenSSL reads records from a socket: each 5-byte header, then its
+    body (an incomplete record as it arrived)."""
+    pieces, pos = [], 0
+    while pos < len(data):
+        header = data[pos : pos + 5]
+        pieces.append(header)
+        pos += len(header)
+        if len(header) == 5:
+            body = data[pos : pos + int.from_bytes(header[3:5], "big")]
+            if body:
+                pieces.append(body)
+            pos += len(body)
+    return pieces
+
+
+def _as_written(data: bytes) -> list[bytes]:
+    """`data` cut into the records OpenSSL writes one by one."""
+    pieces, pos = [], 0
+    while pos < len(data):
+        size = 5 + int.from_bytes(data[pos + 3 : pos + 5], "big") if len(data) - pos >= 5 else 0
+        pieces.append(data[pos : pos + size] if size else data[pos:])
+        pos += size or len(data)
+    return pieces
+
+
 def _oneline(name_ptr: object) -> str:
     buf = _ffi.new("char[]", 1024)
     out = _lib.X509_NAME_oneline(name_ptr, buf, 1024)
@@ -309,6 +355,8 @@ class TLSSession:
         self._verify_depth = -1
         self._cert_requested = False
         self._role = "SSL_accept" if server_side else "SSL_connect"
+        # Loglevel 3 dumps the handshake's records (its last flight included), 4 all.
+        self._dumping = loglevel >= 3
         conn = SSL.Connection(context, None)
         conn.set_app_data(self)
         # The callback runs ~20 times a handshake; the server needs it only for the
@@ -444,6 +492,8 @@ class TLSSession:
             if not self.handshake_done:
                 raise self._failure(None, lost=True)
             return b""
+        if self._dumping:
+            self._dump("read from", _as_read(ciphertext))
         self._conn.bio_write(ciphertext)
         if not self.handshake_done:
             self._handshake()
@@ -495,7 +545,25 @@ class TLSSession:
     def data_to_send(self) -> bytes:
         """Every ciphertext byte OpenSSL has queued for the peer."""
         pending = _lib.BIO_get_mem_data(self._conn._from_ssl, _ffi.NULL)  # type: ignore[attr-defined]
-        return self._conn.bio_read(pending) if pending > 0 else b""
+        if pending <= 0:
+            return b""
+        data = self._conn.bio_read(pending)
+        if self._dumping:
+            self._dump("write to", _as_written(data))
+            self._dumping = self.loglevel >= 4 or not self.handshake_done
+        return data
+
+    def _dump(self, direction: str, pieces: list[bytes]) -> None:
+        """Postfix's tls_bio_dump_cb() lines: one per socket read or write (the BIO and
+        the buffer addresses are ours), then the bytes."""
+        bio = int(_ffi.cast("uintptr_t", self._conn._into_ssl)) & 0xFFFFFFFF  # type: ignore[attr-defined]
+        for piece in pieces:
+            n = len(piece)
+            self._emit(
+                f"{direction} {bio:08X} [{id(piece) & 0xFFFFFFFF:08X}] ({n} bytes => {n} (0x{n:X}))"
+            )
+            for line in dump_lines(piece):
+                self._emit(line)
 
     def shutdown(self) -> None:
         """Queue a close_notify (Postfix's tls_fast_shutdown: do not wait for the reply)."""
