@@ -312,6 +312,23 @@ def test_mail_refused_when_the_queue_has_too_little_space(postwall_factory, para
     )
 
 
+def test_client_gone_after_starttls_logs_as_postfix_at_loglevel_2(postwall_factory, certs):
+    server = postwall_factory(params=_tls_params(certs, smtpd_tls_loglevel="2"))
+    c = Raw(server.port)
+    c.send(b"EHLO x\r\nSTARTTLS\r\n")
+    assert c.replies(2)[1] == "220 2.0.0 Ready to start TLS"
+    c.close()
+    # The reference Postfix 3.7's lines for this session, in its order.
+    server.wait_log(
+        r"setting up TLS connection from (\S+\[127\.0\.0\.1\])\n"
+        r".*: \1: TLS cipher list \"[^\"]+\"\n"
+        r".*: SSL_accept:before SSL initialization\n"
+        r".*: SSL_accept:error in before SSL initialization\n"
+        r".*: SSL_accept error from \1: lost connection\n"
+        r".*: lost connection after STARTTLS from \1\n"
+    )
+
+
 def test_client_sni_is_not_in_the_summary_line(postwall_factory, certs):
     # smtplib sends the host name as SNI. Postfix writes "to NAME" only for a name its
     # tls_server_sni_maps accepted; without SNI maps the summary names the client alone.

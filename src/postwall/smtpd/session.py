@@ -213,7 +213,9 @@ class SmtpSession(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         try:
             if self.tls is not None and not self.tls.handshake_done:
-                self._tls_failed("lost connection")
+                self._tls_received(b"")  # the engine words the lost handshake
+                if not self.closed:
+                    self._tls_failed("lost connection")
             else:
                 self._feed(b"")
         except Exception as exc:
@@ -796,7 +798,9 @@ class SmtpSession(asyncio.Protocol):
             for chunk in early:
                 self._tls_received(chunk)
             if self.early_eof and not self.closed:
-                self._tls_failed("lost connection")
+                self._tls_received(b"")
+                if not self.closed:
+                    self._tls_failed("lost connection")
             else:
                 self._resume_reading()
 

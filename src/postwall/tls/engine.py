@@ -212,16 +212,6 @@ def _as_read(data: bytes) -> list[bytes]:
     return pieces
 
 
-def _as_written(data: bytes) -> list[bytes]:
-    """`data` cut into the records OpenSSL writes one by one."""
-    pieces, pos = [], 0
-    while pos < len(data):
-        size = 5 + int.from_bytes(data[pos + 3 : pos + 5], "big") if len(data) - pos >= 5 else 0
-        pieces.append(data[pos : pos + size] if size else data[pos:])
-        pos += size or len(data)
-    return pieces
-
-
 def _oneline(name_ptr: object) -> str:
     buf = _ffi.new("char[]", 1024)
     out = _lib.X509_NAME_oneline(name_ptr, buf, 1024)
@@ -376,8 +366,10 @@ class TLSSession:
                 conn.set_session(session)
             conn.set_connect_state()
         self._conn = conn
-        if not server_side:
-            self._handshake()  # queue the ClientHello
+        if not server_side or loglevel >= 2:
+            # The client queues its ClientHello; a logging server starts as Postfix's
+            # SSL_accept() does, before any byte arrives (its first progress line).
+            self._handshake()
 
     # -- logging callbacks ---------------------------------------------------------
 
@@ -490,6 +482,9 @@ class TLSSession:
         if not ciphertext:
             self.closed = True
             if not self.handshake_done:
+                if self.loglevel >= 2:  # what Postfix's info callback says of the EOF
+                    state = self._conn.get_state_string().decode("ascii", "replace")
+                    self._emit(f"{self._role}:error in {state}")
                 raise self._failure(None, lost=True)
             return b""
         if self._dumping:
@@ -549,19 +544,17 @@ class TLSSession:
             return b""
         data = self._conn.bio_read(pending)
         if self._dumping:
-            self._dump("write to", _as_written(data))
+            self._dump("write to", [data])  # OpenSSL flushes a whole flight at once
             self._dumping = self.loglevel >= 4 or not self.handshake_done
         return data
 
     def _dump(self, direction: str, pieces: list[bytes]) -> None:
         """Postfix's tls_bio_dump_cb() lines: one per socket read or write (the BIO and
         the buffer addresses are ours), then the bytes."""
-        bio = int(_ffi.cast("uintptr_t", self._conn._into_ssl)) & 0xFFFFFFFF  # type: ignore[attr-defined]
+        bio = int(_ffi.cast("uintptr_t", self._conn._into_ssl))  # type: ignore[attr-defined]
         for piece in pieces:
             n = len(piece)
-            self._emit(
-                f"{direction} {bio:08X} [{id(piece) & 0xFFFFFFFF:08X}] ({n} bytes => {n} (0x{n:X}))"
-            )
+            self._emit(f"{direction} {bio:08X} [{id(piece):08X}] ({n} bytes => {n} (0x{n:X}))")
             for line in dump_lines(piece):
                 self._emit(line)
 
