@@ -287,7 +287,7 @@ class SmtpAgent:
             return _same(indexes, status, failed.dsn, failed.reason, relay=failed.relay)
         results = await self._transaction(conn, out, indexes, started, time.monotonic())
         if results is None:  # a fresh connection failed before MAIL: defer, as Postfix
-            reason = f"lost connection with {conn.namaddr} while sending MAIL FROM"
+            reason = logfmt.lost_connection_with(conn.namaddr, "sending MAIL FROM")
             return _same(indexes, "deferred", "4.4.2", reason, conn)
         return results
 
@@ -566,7 +566,7 @@ class SmtpAgent:
                         raise broken(ev.dsn, ev.reason(conn.namaddr))
                     raise _SessionFailed(ev.dsn, ev.reason(conn.namaddr))
                 if ev is CLOSED:
-                    raise broken("4.4.2", f"lost connection with {conn.namaddr} while {stage}")
+                    raise broken("4.4.2", logfmt.lost_connection_with(conn.namaddr, stage))
                 if isinstance(ev, StartTLSRefused):
                     if level in ("encrypt", "verify", "secure"):
                         raise _SessionFailed(
@@ -598,7 +598,7 @@ class SmtpAgent:
         except _Timeout:
             raise broken("4.4.2", logfmt.conversation_timed_out(conn.namaddr, stage)) from None
         except (TLSError, OSError):
-            raise broken("4.4.2", f"lost connection with {conn.namaddr} while {stage}") from None
+            raise broken("4.4.2", logfmt.lost_connection_with(conn.namaddr, stage)) from None
 
     async def _login(self, conn: _Conn, nexthop: str, sender: str = "") -> None:
         """smtp_sasl_auth_enable: AUTH with what smtp_sasl_password_maps has for this
@@ -646,7 +646,7 @@ class SmtpAgent:
             ) from None
         except (TLSError, OSError):
             raise _SessionFailed(
-                "4.4.2", f"lost connection with {conn.namaddr} while {conn.core.stage}"
+                "4.4.2", logfmt.lost_connection_with(conn.namaddr, conn.core.stage)
             ) from None
 
     async def _sasl_exchange(self, conn: _Conn, mech: sasl_client.ClientMechanism) -> None:
@@ -676,7 +676,7 @@ class SmtpAgent:
                 raise _SessionFailed(ev.dsn, ev.reason(conn.namaddr))
             if not isinstance(ev, AuthChallenge):
                 raise _SessionFailed(
-                    "4.4.2", f"lost connection with {conn.namaddr} while {conn.core.stage}"
+                    "4.4.2", logfmt.lost_connection_with(conn.namaddr, conn.core.stage)
                 )
             try:
                 if ev.data is None:

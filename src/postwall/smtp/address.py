@@ -383,8 +383,8 @@ def parse_rcpt(arg: str) -> tuple[str, RcptParams]:
                 all(w in _NOTIFY for w in words) and len(set(words)) == len(words)
             )
             if notify or not eq or not ok:
-                words_given = [w for w in value.split(",") if w]
-                unknown = next((w for w in words_given if w.upper() not in _ALL_NOTIFY), None)
+                given = value.split(",")  # as typed: the warning quotes the word
+                unknown = next((w for w in given if w and w.upper() not in _ALL_NOTIFY), None)
                 warning = (
                     f'unknown DSN NOTIFY command value "{unknown}" in "{value}"'
                     if unknown is not None and not notify

@@ -213,9 +213,7 @@ class SmtpSession(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         try:
             if self.tls is not None and not self.tls.handshake_done:
-                self._tls_received(b"")  # the engine words the lost handshake
-                if not self.closed:
-                    self._tls_failed("lost connection")
+                self._tls_lost()
             else:
                 self._feed(b"")
         except Exception as exc:
@@ -754,19 +752,8 @@ class SmtpSession(asyncio.Protocol):
                 self.sasl_conv = None
                 self.log.warning("smtpd", logfmt.sasl_aborted(name, addr, self.sasl_mechanism))
             case ev.MailRefused(sender=sender, reply=reply):
-                self.log.info(
-                    "smtpd",
-                    logfmt.reject(
-                        None,
-                        "MAIL",
-                        name,
-                        addr,
-                        str(reply),
-                        sender=internal_form(sender),
-                        protocol=self._log_protocol(),
-                        helo=self.client.helo,
-                    ),
-                )
+                # The core refused MAIL itself, so the session never took the sender.
+                self._log_reject("MAIL", reply, sender=internal_form(sender))
             case ev.ParameterWarning(text=text):
                 self.log.warning("smtpd", text)
             case ev.MalformedBdat(line=line):
@@ -798,9 +785,7 @@ class SmtpSession(asyncio.Protocol):
             for chunk in early:
                 self._tls_received(chunk)
             if self.early_eof and not self.closed:
-                self._tls_received(b"")
-                if not self.closed:
-                    self._tls_failed("lost connection")
+                self._tls_lost()
             else:
                 self._resume_reading()
 
@@ -855,6 +840,13 @@ class SmtpSession(asyncio.Protocol):
                 self._resume()
         except Exception as exc:
             self._crash(exc)
+
+    def _tls_lost(self) -> None:
+        """The client closed during the handshake: the engine words it (and logs the
+        progress line Postfix's callback gives at loglevel 2)."""
+        self._tls_received(b"")
+        if not self.closed:  # the engine had already seen the end
+            self._tls_failed("lost connection")
 
     def _tls_failed(self, reason: str, details: tuple[str, ...] = ()) -> None:
         """Postfix's order: `SSL_accept error from ...: -1` (a failed handshake only), the
@@ -927,7 +919,10 @@ class SmtpSession(asyncio.Protocol):
         self._log_reject(stage, reply, recipient)
         self.conn.reject(reply)
 
-    def _log_reject(self, stage: str, reply: Reply, recipient: str | None = None) -> None:
+    def _log_reject(
+        self, stage: str, reply: Reply, recipient: str | None = None, *, sender: str | None = None
+    ) -> None:
+        """Postfix's reject line; `sender` when it is not (yet) the session's."""
         self.log.info(
             "smtpd",
             logfmt.reject(
@@ -936,7 +931,7 @@ class SmtpSession(asyncio.Protocol):
                 self.client.name,
                 self.client.addr,
                 str(reply),
-                sender=self.client.sender,
+                sender=self.client.sender if sender is None else sender,
                 recipient=recipient,
                 protocol=self._log_protocol(),
                 helo=self.client.helo,

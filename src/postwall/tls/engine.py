@@ -459,6 +459,14 @@ class TLSSession:
             return TLSError(f"{self._role} error {where}: {what}", details)
         return TLSError(f"TLS read/write error {where}: {what}", details)
 
+    def _ssl_failure(self, error: int) -> TLSError:
+        """The TLSError for an SSL_get_error() result that is no WANT_*: the peer gone
+        (EOF, or a system call failing with nothing queued), else OpenSSL's errors."""
+        problems = _library_problems()
+        if error == _SSL_ERROR_ZERO_RETURN or (error == _SSL_ERROR_SYSCALL and not problems):
+            return self._failure(None, lost=True)
+        return self._failure(None, details=problems)
+
     def _handshake(self) -> None:
         # SSL_do_handshake itself rather than pyOpenSSL's wrapper, which empties OpenSSL's
         # error queue into names: the packed codes are what Postfix logs.
@@ -468,10 +476,7 @@ class TLSSession:
             error = _lib.SSL_get_error(ssl, result)
             if error in _WANT:
                 return
-            problems = _library_problems()
-            if error == _SSL_ERROR_ZERO_RETURN or (error == _SSL_ERROR_SYSCALL and not problems):
-                raise self._failure(None, lost=True)
-            raise self._failure(None, details=problems)
+            raise self._ssl_failure(error)
         self.handshake_done = True
         self._info = self._collect()
 
@@ -517,10 +522,7 @@ class TLSSession:
                     self._conn.shutdown()
                 self.closed = True
                 break
-            problems = _library_problems()
-            if error == _SSL_ERROR_SYSCALL and not problems:
-                raise self._failure(None, lost=True)
-            raise self._failure(None, details=problems)
+            raise self._ssl_failure(error)
         return bytes(out)
 
     def send(self, plaintext: bytes) -> None:
